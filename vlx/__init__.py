@@ -1,0 +1,7 @@
+"""vlx: train, fine-tune and run vision-language models the LLaVA-1.5 way."""
+
+from vlx.config import DataConfig, ModelConfig, TrainConfig
+from vlx.model import PRESETS, build_llava, load_llava
+
+__version__ = "0.1.0"
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "PRESETS", "build_llava", "load_llava", "__version__"]

@@ -1,0 +1,162 @@
+"""Configuration dataclasses, one per concern.
+
+Values are resolved in this order: preset defaults < YAML file (`--config`) < command-line flags.
+Each field names the LLaVA-1.5 value where vlx's default differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used; the message names it and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    """Named preset (`vlx.model.PRESETS`): `tiny`, `llava-1.5-7b`, `llava-1.5-13b`."""
+    vision: str | None = None
+    """Vision tower: a hub id or local directory of a CLIP-like vision model; default from the preset."""
+    llm: str | None = None
+    """Causal LM: a hub id, a local directory, or a directory holding a GGUF file; default from the preset."""
+    llm_gguf_file: str | None = None
+    """File name inside `llm` when the LM is a GGUF file (dequantized on load)."""
+    projector: str | None = None
+    """`mlp2x_gelu` (LLaVA-1.5) or `linear` (LLaVA-1, the paper's ablation)."""
+    image_aspect_ratio: str | None = None
+    """`pad` (LLaVA-1.5: mean-colour square), `square` (stretch) or `crop` (CLIP default)."""
+    template: str | None = None
+    """Stage-2 / fine-tune conversation template: `vicuna_v1` (LLaVA-1.5) or `chatml`."""
+    max_length: int | None = None
+    """Maximum tokens per sample, image tokens included (LLaVA-1.5: 2048)."""
+    seed: int = 0
+    """Seed for randomly initialised parts (projector, and every weight of `tiny`)."""
+
+    def __post_init__(self):
+        if self.projector is not None and self.projector not in ("mlp2x_gelu", "linear"):
+            raise ConfigError(f"--projector {self.projector!r}: use mlp2x_gelu (LLaVA-1.5) or linear (LLaVA-1)")
+        if self.image_aspect_ratio is not None and self.image_aspect_ratio not in ("pad", "square", "crop"):
+            raise ConfigError(f"--image-aspect-ratio {self.image_aspect_ratio!r}: use pad, square or crop")
+        if self.max_length is not None and self.max_length < 8:
+            raise ConfigError(f"--max-length {self.max_length}: must be at least 8 (LLaVA-1.5 uses 2048)")
+
+
+@dataclass
+class DataConfig:
+    stage1_data: str | None = None
+    """Stage-1 caption data: LLaVA JSON/JSONL, a `datasets` directory, or a mixture YAML."""
+    stage2_data: str | None = None
+    """Stage-2 instruction data, same formats; a mixture YAML sets per-source format prompts."""
+    image_folder: str | None = None
+    """Folder image paths are relative to; default: each data file's own folder."""
+    skip_invalid: bool = False
+    """Train on the valid rows and write the invalid ones to `rejected.jsonl` instead of stopping."""
+    truncate: bool = False
+    """Cut over-long samples at `max_length` (never into image tokens) instead of stopping."""
+    group_by_modality_length: bool = True
+    """Batches are all-image or all-text (LLaVA-1.5's `group_by_modality_length`)."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 2e-5
+    """Peak learning rate (LLaVA-1.5: 1e-3 stage 1, 2e-5 stage 2)."""
+    projector_lr: float | None = None
+    """Separate projector learning rate; None uses `learning_rate`."""
+    global_batch_size: int = 128
+    """Samples per optimizer step over all processes (LLaVA-1.5: 256 stage 1, 128 stage 2)."""
+    per_device_batch_size: int = 16
+    """Samples per forward pass on one process; accumulation makes up the rest."""
+    epochs: float = 1.0
+    """Passes over the data (LLaVA-1.5: 1)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps; -1 runs `epochs`."""
+    warmup_ratio: float = 0.03
+    """Linear warmup as a fraction of all steps (LLaVA-1.5: 0.03)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (LLaVA-1.5: 0)."""
+    lr_scheduler: str = "cosine"
+    """transformers scheduler name (LLaVA-1.5: cosine)."""
+    precision: str = "auto"
+    """`auto` (bf16 where the hardware has it), `bf16` or `fp32`."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (LLaVA-1.5 on GPU: on)."""
+    save_steps: int = 0
+    """Write a resumable checkpoint every N steps; 0 only at the end."""
+    logging_steps: int = 1
+    """Log loss every N optimizer steps."""
+    seed: int = 42
+    """Data order and dropout seed."""
+
+    def __post_init__(self):
+        for name in ("global_batch_size", "per_device_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"precision={self.precision!r}: use auto, bf16 or fp32")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+
+    def gradient_accumulation_steps(self, world_size: int) -> int:
+        per_step = self.per_device_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"global_batch_size={self.global_batch_size} is not a multiple of per_device_batch_size "
+                f"({self.per_device_batch_size}) x processes ({world_size}); change one of them"
+            )
+        return self.global_batch_size // per_step
+
+
+def _check_keys(section: str, data: dict, cls) -> None:
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key '{section}.{key}' in the config file; {hint}")
+
+
+def load_yaml(path: str | Path, sections: dict[str, type]) -> dict[str, dict[str, Any]]:
+    """Read a YAML config whose top-level keys are `sections`; unknown keys are errors."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections ({', '.join(sections)})")
+    for key, value in data.items():
+        if key not in sections:
+            close = difflib.get_close_matches(key, list(sections), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"valid sections: {', '.join(sections)}"
+            raise ConfigError(f"{path}: unknown section '{key}'; {hint}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: section '{key}' must be a mapping")
+        _check_keys(key, value, sections[key])
+    return data
+
+
+def merge(cls, *layers: dict[str, Any]):
+    """Build `cls` from dict layers, later layers winning; None values in a layer do not override."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        _check_keys(cls.__name__, layer, cls)
+        values.update({k: v for k, v in layer.items() if v is not None})
+    return cls(**values)
+
+
+def to_dict(obj) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+__all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "load_yaml", "merge", "to_dict", "field"]
