@@ -1,0 +1,78 @@
+"""The run directory: what `train-base`, `finetune` and `export` write, and how it is read back.
+
+    RUN/
+      config.json, model.safetensors, tokenizer*, processor_config.json, chat_template.jinja
+                                  # a plain transformers LLaVA checkpoint (base runs and exports)
+      adapter/                    # finetune runs: peft LoRA adapter (+ the projector as modules_to_save)
+      vlx_run.json                # RunInfo below
+      config.yaml                 # the resolved configuration the run was made with
+      schema.py, schema.json      # finetune runs: the schema source and its JSON Schema
+      format_prompt.txt           # finetune runs: the task's response-format prompt
+      metrics.jsonl, loss.png     # training curves
+
+Directories are written under a temporary name and renamed into place when complete
+(`atomic_dir`), so a directory that exists is a directory that is whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUN_FILE = "vlx_run.json"
+
+
+@dataclass
+class RunInfo:
+    kind: str
+    """`base` (train-base), `finetune` (LoRA adapter over `base`) or `export` (merged finetune)."""
+    template: str
+    """Conversation template the model was trained with (`vicuna_v1`, `chatml`, `plain`)."""
+    base: str | None = None
+    """Finetune runs: the base model directory the adapter applies to."""
+    schema_class: str | None = None
+    """Finetune runs: the pydantic class name in `schema.py`."""
+    extra: dict = field(default_factory=dict)
+
+    def save(self, directory: str | Path) -> None:
+        Path(directory, RUN_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "RunInfo | None":
+        path = Path(directory, RUN_FILE)
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, *, overwrite: bool = True):
+    """Yield a temporary sibling directory; on success it replaces `target` in one rename.
+
+    On an exception the temporary directory is removed and `target` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{target} exists; remove it or choose another --out")
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
