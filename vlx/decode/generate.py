@@ -1,0 +1,112 @@
+"""Batched generation with a transformers LLaVA model: the last step of the decoding pipeline.
+
+    texts = generate(model, processor, ["<image>\\nWhat colour? ASSISTANT:"], [image], max_new_tokens=16)
+
+Prompts are left-padded so that every row's continuation starts at the same column, which is
+what makes batched decoding with a KV cache correct for a causal LM. Rows come back in input
+order, special tokens stripped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from transformers import LogitsProcessorList
+
+from vlx.model.llava import IMAGE_TOKEN
+
+
+@contextlib.contextmanager
+def _left_padding(tokenizer):
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+
+
+def encode_batch(processor, prompts: Sequence[str], images: Sequence[Image.Image | None], device, dtype):
+    """Left-padded model inputs for one batch; `images[i]` is None for a text-only prompt."""
+    for i, (prompt, image) in enumerate(zip(prompts, images)):
+        n = prompt.count(IMAGE_TOKEN)
+        if n > 1 or (n == 1) != (image is not None):
+            raise ValueError(
+                f"prompt {i} has {n} {IMAGE_TOKEN} placeholder(s) but {'an' if image is not None else 'no'} image: "
+                f"give exactly one {IMAGE_TOKEN} per image (LLaVA-1.5 takes at most one image per prompt)"
+            )
+    pil = [im for im in images if im is not None]
+    with _left_padding(processor.tokenizer):
+        enc = processor(text=list(prompts), images=pil or None, return_tensors="pt", padding=True)
+    enc = enc.to(device)
+    if "pixel_values" in enc:
+        # (n_images, 3, H, W) in the model's dtype; images appear in the order of their placeholders.
+        enc["pixel_values"] = enc["pixel_values"].to(dtype)
+    return enc
+
+
+def generate(
+    model,
+    processor,
+    prompts: list[str],
+    images: list[Image.Image | None],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    logits_processor=None,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> list[str]:
+    """Generate a continuation for each prompt, `batch_size` prompts per forward pass.
+
+    `prompts[i]` contains `<image>` where `images[i]` goes (None: a text-only prompt).
+    `logits_processor` is a transformers `LogitsProcessor` (or list of them); one with a
+    `reset()` method (grammar-constrained processors keep per-row state) is reset before each
+    batch. Greedy when `temperature == 0`, otherwise sampling; `seed` makes sampling repeatable.
+
+    >>> generate(model, processor, ["USER: hi ASSISTANT:"], [None], max_new_tokens=8)  # doctest: +SKIP
+    [' hello! how can I help?']
+    """
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(prompts)} prompts but {len(images)} images: give one image (or None) per prompt")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature}: must be >= 0 (0 is greedy)")
+    processors = _as_list(logits_processor)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
+        "do_sample": False}
+    dtype = next(model.parameters()).dtype
+    out: list[str] = []
+    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with rng, torch.inference_mode():
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            enc = encode_batch(processor, prompts[start:start + batch_size], images[start:start + batch_size],
+                               model.device, dtype)
+            for p in processors:
+                if hasattr(p, "reset"):
+                    p.reset()
+            ids = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                logits_processor=LogitsProcessorList(processors) if processors else None,
+                pad_token_id=processor.tokenizer.pad_token_id,
+                **sampling,
+            )
+            # (batch, prompt_len + new) -> (batch, new): with left padding every prompt ends at the same column.
+            new = ids[:, enc["input_ids"].shape[1]:]
+            out += processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+    return out
+
+
+def _as_list(logits_processor) -> list:
+    if logits_processor is None:
+        return []
+    if isinstance(logits_processor, (list, tuple)):
+        return list(logits_processor)
+    return [logits_processor]
