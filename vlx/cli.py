@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
 app = typer.Typer(
@@ -12,6 +16,142 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Make, check and inspect training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+def _fail(message: str, code: int = 2):
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    """Errors that are the user's to fix: shown as one clear message, no traceback."""
+    from vlx.config import ConfigError
+    from vlx.data.formats import DataError
+    from vlx.model.build import ModelLoadError
+
+    return (ConfigError, DataError, ModelLoadError, FileExistsError, FileNotFoundError)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if not verbose else logging.DEBUG, format="%(message)s")
+
+
+# ---- train-base -------------------------------------------------------------------------------
+
+@app.command("train-base")
+def train_base_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write (the final model lands here).")],
+    preset: Annotated[str, typer.Option(help="Model preset: tiny, smol, llava-1.5-7b, llava-1.5-13b.")] = "tiny",
+    stage1_data: Annotated[Optional[str], typer.Option(help="Stage-1 captions: LLaVA .json/.jsonl, a `datasets` dir or a mixture .yaml.")] = None,
+    stage2_data: Annotated[Optional[str], typer.Option(help="Stage-2 instructions: same formats; a mixture .yaml sets per-source format prompts.")] = None,
+    stage: Annotated[str, typer.Option(help="Which stages to run: 1, 2 or both.")] = "both",
+    config: Annotated[Optional[Path], typer.Option(help="YAML with model/data/stage1/stage2 sections (flags override it; it overrides the preset).")] = None,
+    image_folder: Annotated[Optional[str], typer.Option(help="Folder image paths are relative to (default: each data file's folder).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop each stage after N optimizer steps.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Epochs per stage (LLaVA-1.5: 1).")] = None,
+    stage1_lr: Annotated[Optional[float], typer.Option(help="Stage-1 learning rate (LLaVA-1.5: 1e-3).")] = None,
+    stage2_lr: Annotated[Optional[float], typer.Option(help="Stage-2 learning rate (LLaVA-1.5: 2e-5).")] = None,
+    projector_lr: Annotated[Optional[float], typer.Option(help="Separate projector learning rate in stage 2.")] = None,
+    global_batch_size: Annotated[Optional[int], typer.Option(help="Samples per optimizer step over all processes.")] = None,
+    per_device_batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass per process.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward.")] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="Write a resumable checkpoint every N steps.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Data order seed.")] = None,
+    vision: Annotated[Optional[str], typer.Option(help="Vision tower: hub id or local dir (overrides the preset).")] = None,
+    llm: Annotated[Optional[str], typer.Option(help="LLM: hub id, local dir, or dir with a GGUF file (overrides the preset).")] = None,
+    llm_gguf_file: Annotated[Optional[str], typer.Option(help="GGUF file name inside --llm.")] = None,
+    projector: Annotated[Optional[str], typer.Option(help="mlp2x_gelu (LLaVA-1.5) or linear (LLaVA-1).")] = None,
+    image_aspect_ratio: Annotated[Optional[str], typer.Option(help="pad (LLaVA-1.5), square or crop.")] = None,
+    template: Annotated[Optional[str], typer.Option(help="Stage-2 template: vicuna_v1 or chatml.")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sample, image tokens included.")] = None,
+    group_by_modality_length: Annotated[Optional[bool], typer.Option("--group-by-modality-length/--no-group-by-modality-length", help="All-image or all-text batches.")] = None,
+    skip_invalid: Annotated[bool, typer.Option(help="Train on valid rows; write invalid ones to rejected-stageN.jsonl.")] = False,
+    truncate: Annotated[bool, typer.Option(help="Cut over-long samples (never into image tokens) instead of stopping.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the last complete checkpoint in --out.")] = False,
+    init_from: Annotated[Optional[str], typer.Option(help="Stage 2 only: start from this model dir instead of OUT/stage1.")] = None,
+    deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed JSON (templates/deepspeed/zero2.json, zero3.json).")] = None,
+    fsdp_config: Annotated[Optional[str], typer.Option(help="FSDP config JSON (templates/fsdp/fsdp.json).")] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="DataLoader workers.")] = None,
+):
+    """Train a LLaVA-1.5 model: stage 1 aligns the projector, stage 2 tunes projector + LLM."""
+    from vlx.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_yaml, merge
+    from vlx.model.presets import get_preset
+    from vlx.train.base import train_base
+
+    _setup_logging()
+    try:
+        stages = {"1": ("1",), "2": ("2",), "both": ("1", "2")}.get(stage)
+        if stages is None:
+            raise ConfigError(f"--stage {stage!r}: use 1, 2 or both")
+        yaml_cfg = load_yaml(config, {"model": ModelConfig, "data": DataConfig, "stage1": TrainConfig,
+                                      "stage2": TrainConfig}) if config else {}
+        model_flags = dict(vision=vision, llm=llm, llm_gguf_file=llm_gguf_file, projector=projector,
+                           image_aspect_ratio=image_aspect_ratio, template=template, max_length=max_length)
+        model_cfg = merge(ModelConfig, {"preset": preset}, yaml_cfg.get("model", {}), model_flags)
+        data_cfg = merge(DataConfig, yaml_cfg.get("data", {}), dict(
+            stage1_data=stage1_data, stage2_data=stage2_data, image_folder=image_folder,
+            skip_invalid=skip_invalid or None, truncate=truncate or None,
+            group_by_modality_length=group_by_modality_length, num_workers=num_workers))
+        p = get_preset(model_cfg.preset)
+        shared = dict(max_steps=max_steps, epochs=epochs, global_batch_size=global_batch_size,
+                      per_device_batch_size=per_device_batch_size, precision=precision,
+                      gradient_checkpointing=gradient_checkpointing, save_steps=save_steps, seed=seed)
+        stage_cfgs = {
+            "1": merge(TrainConfig, p.stage1, yaml_cfg.get("stage1", {}), shared, {"learning_rate": stage1_lr}),
+            "2": merge(TrainConfig, p.stage2, yaml_cfg.get("stage2", {}), shared,
+                       {"learning_rate": stage2_lr, "projector_lr": projector_lr}),
+        }
+        run = train_base(model_cfg, data_cfg, stage_cfgs, out, stages=stages, resume=resume,
+                         init_from=init_from, deepspeed=deepspeed, fsdp_config=fsdp_config)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(f"model written to {run} (loads with LlavaForConditionalGeneration.from_pretrained)")
+
+
+# ---- data validate ----------------------------------------------------------------------------
+
+@data_app.command("validate")
+def data_validate_cmd(
+    data: Annotated[str, typer.Argument(help="LLaVA .json/.jsonl, a `datasets` dir, a mixture .yaml, or (with --schema) extraction rows.")],
+    image_folder: Annotated[Optional[str], typer.Option(help="Folder image paths are relative to.")] = None,
+    preset: Annotated[str, typer.Option(help="Preset whose tokenizer measures lengths.")] = "tiny",
+    template: Annotated[Optional[str], typer.Option(help="Template to check against: plain, vicuna_v1, chatml (default: the preset's).")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sample (default: the preset's).")] = None,
+    schema: Annotated[Optional[Path], typer.Option(help="Validate extraction rows {image, target} against this pydantic schema file.")] = None,
+    schema_class: Annotated[Optional[str], typer.Option(help="Class name in --schema when it defines several roots.")] = None,
+):
+    """Report every bad row (file, row, field and fix) without training; exit 1 if any."""
+    from vlx.config import ModelConfig
+    from vlx.data.dataset import prepare
+    from vlx.data.formats import load_rows
+    from vlx.model.build import build_llava, resolve
+
+    try:
+        if schema is not None:
+            from vlx.schema import load_schema, validate_rows
+
+            Schema = load_schema(schema, schema_class)
+            problems = validate_rows(data, Schema, image_folder=image_folder).problems
+            total = None
+        else:
+            cfg = resolve(ModelConfig(preset=preset, template=template, max_length=max_length))
+            model, processor = build_llava(cfg)
+            problems = []
+            rows = load_rows(data, image_folder=image_folder, problems=problems)
+            _, bad = prepare(rows, processor.tokenizer, template=cfg.template,
+                             image_token_id=model.config.image_token_id,
+                             num_image_tokens=model.config.image_seq_length, max_length=cfg.max_length)
+            problems += bad
+            total = len(rows)
+    except _user_errors() as e:
+        _fail(str(e))
+    for p in problems:
+        typer.echo(str(p))
+    if problems:
+        typer.secho(f"{len(problems)} invalid row(s)", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {total if total is not None else 'all'} rows valid")
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
     AutoTokenizer,
-    CLIPImageProcessor,
     CLIPVisionModel,
     LlavaForConditionalGeneration,
     LlavaProcessor,
 )
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from vlx.config import ModelConfig
@@ -64,7 +64,7 @@ def _load_vision(source: str, seed: int):
             "with network access, or the preset name 'tiny'."
         ) from e
     try:
-        proc = CLIPImageProcessor.from_pretrained(source)
+        proc = CLIPImageProcessorPil.from_pretrained(source)
         return tower.eval(), proc.image_mean, proc.image_std
     except Exception:  # noqa: BLE001 - no preprocessor config: CLIP's own statistics
         return tower.eval(), None, None

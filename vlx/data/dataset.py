@@ -1,0 +1,173 @@
+"""From rows to training tensors, with every problem found before the first optimizer step.
+
+`prepare` checks and tokenizes every row up front: conversation structure, `<image>` placeholder
+count, the image file (exists, decodes), and the length including image tokens. It returns the
+encoded examples and the full list of problems, so a run either starts clean or stops with every
+bad row listed (or, with `--skip-invalid`, trains on the rest and writes the rejects).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from vlx.data.formats import DataError, Problem, Row
+from vlx.data.templates import IGNORE_INDEX, SampleError, Turn, encode, fit_length, render, to_turns
+from vlx.model.llava import IMAGE_TOKEN
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    image: Any  # path, PIL image, or None
+    origin: str
+    source: str
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+
+def open_image(image: Any, *, origin: str = "") -> Image.Image:
+    """A path, bytes or PIL image -> RGB PIL image; a clear error for anything unreadable."""
+    where = f"{origin}: " if origin else ""
+    if isinstance(image, Image.Image):
+        img = image
+    else:
+        try:
+            img = Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image)
+            img.load()
+        except FileNotFoundError:
+            raise DataError(f"{where}image file {image} does not exist; fix the path or pass --image-folder") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise DataError(f"{where}image {image if not isinstance(image, bytes) else '<bytes>'} cannot be read "
+                            f"as an image ({e}); replace or remove the file") from None
+    if img.width == 0 or img.height == 0:
+        raise DataError(f"{where}image {image} is empty ({img.width}x{img.height})")
+    return img.convert("RGB")
+
+
+def check_image(image: Any, origin: str) -> str | None:
+    """Cheap integrity check without a full decode; returns a problem message or None."""
+    if isinstance(image, Image.Image):
+        return None if image.width and image.height else f"image is empty ({image.width}x{image.height})"
+    if not isinstance(image, str):
+        return f"'image' must be a file path, got {type(image).__name__}"
+    if not Path(image).is_file():
+        return f"image file {image} does not exist; fix the path or pass --image-folder"
+    try:
+        with Image.open(image) as img:
+            img.verify()  # structure and checksums, no pixel decode
+            if not img.width or not img.height:
+                return f"image {image} is empty"
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        return f"image {image} cannot be read as an image ({e}); replace or remove the file"
+    return None
+
+
+def row_turns(row: Row, template: str) -> list[Turn]:
+    """Structure checks, `<image>` placeholder checks and the source's format prompt."""
+    turns = to_turns(row.conversations)
+    n_placeholders = sum(t.user.count(IMAGE_TOKEN) for t in turns) + sum(t.assistant.count(IMAGE_TOKEN) for t in turns)
+    if row.image is not None and n_placeholders != 1:
+        raise SampleError(f"the row has an image but {n_placeholders} {IMAGE_TOKEN} placeholders; "
+                          f"put exactly one {IMAGE_TOKEN} in the first human turn")
+    if row.image is None and n_placeholders:
+        raise SampleError(f"{n_placeholders} {IMAGE_TOKEN} placeholder(s) but no 'image' key; "
+                          "add the image path or remove the placeholder")
+    if row.format_prompt and template != "plain":
+        turns = [Turn(f"{t.user}\n{row.format_prompt}", t.assistant) for t in turns]
+    return turns
+
+
+def prepare(rows: list[Row], tokenizer, *, template: str, image_token_id: int, num_image_tokens: int,
+            max_length: int, truncate: bool = False, check_images: bool = True,
+            eos_token: str | None = None) -> tuple[list[Example], list[Problem]]:
+    """Validate and tokenize every row; return (examples, problems). Nothing is skipped silently."""
+    examples, problems = [], []
+    eos = eos_token or tokenizer.eos_token
+    for row in rows:
+        try:
+            turns = row_turns(row, template)
+            if row.image is not None and check_images:
+                msg = check_image(row.image, row.origin)
+                if msg:
+                    raise SampleError(msg)
+            enc = encode(tokenizer, render(template, turns, eos_token=eos),
+                         image_token_id=image_token_id, num_image_tokens=num_image_tokens)
+            enc = fit_length(enc, max_length, row=row.origin, truncate=truncate)
+        except SampleError as e:
+            problems.append(Problem(row.origin, str(e).removeprefix(f"{row.origin}: ")))
+            continue
+        examples.append(Example(enc.input_ids, enc.labels, row.image, row.origin, row.source))
+    return examples, problems
+
+
+def report_problems(problems: list[Problem], *, what: str, limit: int = 30) -> str:
+    lines = [f"{len(problems)} invalid row(s) in {what}; nothing was trained. Fix them, or pass "
+             "--skip-invalid to train on the rest (the rejects are written to rejected.jsonl):"]
+    lines += [f"  {p}" for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"  ... and {len(problems) - limit} more (run `vlx data validate` for the full list)")
+    return "\n".join(lines)
+
+
+def write_rejects(problems: list[Problem], path: str | Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for p in problems:
+            f.write(json.dumps({"origin": p.origin, "problem": p.message}, ensure_ascii=False) + "\n")
+
+
+class LlavaDataset(torch.utils.data.Dataset):
+    """Encoded examples; images are decoded and preprocessed lazily in `__getitem__`."""
+
+    def __init__(self, examples: list[Example], image_processor):
+        self.examples = examples
+        self.image_processor = image_processor
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token lengths, positive for image rows and negative for text rows (LLaVA's convention)."""
+        return [len(e.input_ids) if e.has_image else -len(e.input_ids) for e in self.examples]
+
+    def __getitem__(self, i: int) -> dict:
+        ex = self.examples[i]
+        item = {"input_ids": ex.input_ids, "labels": ex.labels, "pixel_values": None}
+        if ex.has_image:
+            img = open_image(ex.image, origin=ex.origin)
+            # (3, S, S): pad-to-square / resize / normalise as stored in the processor.
+            item["pixel_values"] = self.image_processor(img, return_tensors="pt")["pixel_values"][0]
+        return item
+
+
+@dataclass
+class Collator:
+    """Right-pads a batch; stacks pixel values of the rows that have an image (in row order)."""
+
+    pad_token_id: int
+
+    def __call__(self, batch: list[dict]) -> dict:
+        width = max(len(b["input_ids"]) for b in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            input_ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            attention_mask[i, :n] = 1
+        out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        pixels = [b["pixel_values"] for b in batch if b["pixel_values"] is not None]
+        if pixels:
+            out["pixel_values"] = torch.stack(pixels)  # (n_images, 3, S, S)
+        return out

@@ -1,0 +1,165 @@
+"""Reading training data: LLaVA JSON, JSONL, Hugging Face `datasets`, and mixtures of sources.
+
+A LLaVA row is `{"id", "image", "conversations": [{"from": "human", "value": "<image>\\n..."},
+{"from": "gpt", "value": "..."}]}`; text-only rows omit `image`. Image paths resolve against
+`image_folder`, else against the data file's own folder.
+
+A mixture is a YAML file listing sources, each with LLaVA-1.5's response-format prompt for its
+kind of answer (the paper's table 7 mixture is written this way in `templates/`):
+
+    sources:
+      - name: vqa
+        path: vqa.json                   # relative to the YAML file
+        format_prompt: "Answer the question using a single word or phrase."
+        ratio: 1.0                       # 0.5 keeps a random half, 2.0 repeats the source twice
+      - name: conversation
+        path: llava_158k.json            # no format_prompt: free-form answers
+
+The format prompt is appended to every human turn of the source's rows, on a new line, as the
+reference mixture does (`"...?\\nAnswer the question using a single word or phrase."`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+MULTIPLE_CHOICE_PROMPT = "Answer with the option's letter from the given choices directly."
+
+
+class DataError(ValueError):
+    """Data that cannot be trained on; the message lists every problem with its file and row."""
+
+
+@dataclass
+class Row:
+    """One sample, with where it came from for error messages."""
+
+    origin: str
+    """`file:row` (1-based row number, or `line N` for JSONL)."""
+    conversations: list[dict]
+    image: Any = None
+    """A resolved image path, a PIL image (from `datasets`), or None for text-only rows."""
+    id: str | None = None
+    source: str = "default"
+    format_prompt: str | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Problem:
+    origin: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.origin}: {self.message}"
+
+
+@dataclass
+class Source:
+    name: str
+    path: str
+    format_prompt: str | None = None
+    ratio: float = 1.0
+
+
+def read_sources(path: str | Path) -> list[Source]:
+    """A data argument -> sources: a mixture YAML, or one file/dataset as a single source."""
+    path_str = str(path)
+    if path_str.endswith((".yaml", ".yml")):
+        p = Path(path)
+        try:
+            spec = yaml.safe_load(p.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise DataError(f"cannot read mixture {p}: {e}") from e
+        if not isinstance(spec, dict) or not isinstance(spec.get("sources"), list) or not spec["sources"]:
+            raise DataError(f"{p}: a mixture needs a non-empty 'sources:' list (see vlx/data/formats.py)")
+        sources = []
+        for i, s in enumerate(spec["sources"]):
+            unknown = set(s) - {"name", "path", "format_prompt", "ratio"}
+            if unknown or "path" not in s:
+                raise DataError(f"{p}: source {i}: keys are name, path, format_prompt, ratio "
+                                f"({'unknown: ' + ', '.join(sorted(unknown)) if unknown else 'path is missing'})")
+            src_path = s["path"] if Path(s["path"]).is_absolute() else str(p.parent / s["path"])
+            ratio = float(s.get("ratio", 1.0))
+            if ratio <= 0:
+                raise DataError(f"{p}: source {s.get('name', i)}: ratio must be > 0, got {ratio}")
+            sources.append(Source(s.get("name", Path(s["path"]).stem), src_path, s.get("format_prompt"), ratio))
+        return sources
+    return [Source(Path(path_str).stem, path_str)]
+
+
+def _records(path: str, problems: list[Problem]) -> tuple[list[tuple[str, Any]], Path | None]:
+    """-> ([(origin, record)], folder images resolve against)."""
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        out = []
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise DataError(f"cannot read {p}: {e}") from e
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append((f"{p}:line {n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                problems.append(Problem(f"{p}:line {n}", f"not valid JSON ({e.msg} at column {e.colno})"))
+        return out, p.parent
+    if p.suffix == ".json":
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"cannot read {p} as JSON: {e}") from e
+        if not isinstance(data, list):
+            raise DataError(f"{p}: expected a JSON list of LLaVA rows, got a {type(data).__name__}")
+        return [(f"{p}:row {n}", r) for n, r in enumerate(data, 1)], p.parent
+    # A `datasets` directory saved with save_to_disk, or a hub dataset id.
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(p)) if p.is_dir() else datasets.load_dataset(str(path), split="train")
+    except Exception as e:  # noqa: BLE001 - datasets raises many types for "not a dataset"
+        raise DataError(f"cannot load {path}: not a .json/.jsonl file, a saved `datasets` directory or a "
+                        f"dataset id ({e})") from e
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"]
+    return [(f"{path}:row {n}", r) for n, r in enumerate(ds, 1)], (p if p.is_dir() else None)
+
+
+def load_rows(data: str | Path, *, image_folder: str | Path | None = None, seed: int = 0,
+              problems: list[Problem] | None = None) -> list[Row]:
+    """Read every source of `data` into rows. Structural problems go to `problems` (all of them)."""
+    problems = [] if problems is None else problems
+    rows: list[Row] = []
+    for source in read_sources(data):
+        records, folder = _records(source.path, problems)
+        base = Path(image_folder) if image_folder else folder
+        source_rows = []
+        for origin, rec in records:
+            if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list):
+                problems.append(Problem(origin, "not a LLaVA row: needs a 'conversations' list of "
+                                                "{'from': 'human'|'gpt', 'value': ...}"))
+                continue
+            image = rec.get("image")
+            if isinstance(image, str) and base is not None and not Path(image).is_absolute():
+                image = str(base / image)
+            source_rows.append(Row(origin, rec["conversations"], image, rec.get("id"), source.name,
+                                   source.format_prompt, rec))
+        rows += _apply_ratio(source_rows, source.ratio, random.Random(f"{seed}-{source.name}"))
+    return rows
+
+
+def _apply_ratio(rows: list[Row], ratio: float, rng: random.Random) -> list[Row]:
+    whole, frac = int(ratio), ratio - int(ratio)
+    out = rows * whole
+    if frac:
+        out += rng.sample(rows, math.floor(len(rows) * frac))
+    return out

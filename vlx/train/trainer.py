@@ -1,0 +1,108 @@
+"""transformers' `Trainer`, extended where LLaVA needs what it does not do.
+
+The Trainer brings accelerate (DDP, DeepSpeed ZeRO-2/3, FSDP), mixed precision, gradient
+accumulation with token-exact loss normalisation, logging and resumption. LLaVA additionally
+needs, and this subclass adds:
+
+- a separate projector learning rate (`mm_projector_lr` in the reference `LLaVATrainer`);
+- `group_by_modality_length` batching (`vlx.data.sampler`);
+- checkpoints that appear atomically: the Trainer writes `checkpoint-N` in place, so a kill
+  during a save leaves a directory `--resume` would pick up; here it is written under a staging
+  folder and renamed when complete;
+- `metrics.jsonl` with the stage name, written by a callback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from vlx.data.sampler import ModalityLengthSampler
+
+PROJECTOR_PREFIX = "multi_modal_projector"
+
+
+class LlavaTrainer(Trainer):
+    def __init__(self, *args, projector_lr: float | None = None, modality_lengths: list[int] | None = None,
+                 **kwargs):
+        self.projector_lr = projector_lr
+        self.modality_lengths = modality_lengths
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.modality_lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        megabatch = self.args.train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+        return ModalityLengthSampler(self.modality_lengths, megabatch, seed=self.args.seed)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or self.projector_lr is None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault((PROJECTOR_PREFIX in name, name in decay), []).append(p)
+        param_groups = [
+            {"params": ps, "weight_decay": self.args.weight_decay if dec else 0.0,
+             **({"lr": self.projector_lr} if proj else {})}
+            for (proj, dec), ps in groups.items()
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _save_checkpoint(self, model, trial):
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, ".staging")
+        self.args.output_dir, original = staging, self.args.output_dir
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = original
+        self.accelerator.wait_for_everyone()
+        if self.is_world_process_zero():
+            final = os.path.join(run_dir, name)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
+        self.accelerator.wait_for_everyone()
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends every Trainer log entry to `metrics.jsonl`, tagged with the stage."""
+
+    def __init__(self, path: str | Path, stage: str):
+        self.path = Path(path)
+        self.stage = stage
+        self.start = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        entry = {"stage": self.stage, "step": state.global_step, "time_s": round(time.time() - self.start, 3)}
+        entry.update({k: (float(v) if isinstance(v, (int, float, torch.Tensor)) else v) for k, v in logs.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def trainable_summary(model) -> dict[str, int]:
+    """Trainable parameter counts per top-level part (vision tower, projector, LLM)."""
+    out: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            part = ("vision_tower" if "vision_tower" in name else "projector" if PROJECTOR_PREFIX in name
+                    else "lora" if "lora_" in name else "llm")
+            out[part] = out.get(part, 0) + p.numel()
+    return out
