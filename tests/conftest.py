@@ -1,0 +1,52 @@
+"""Shared fixtures: the tiny preset and a few hand-written rows with solid-colour images."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("VLX_PRECISION", "fp32")  # tests compare numbers: fixed precision
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 230, 20)}
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, processor) of the tiny preset; do not mutate, copy with `copy.deepcopy`."""
+    from vlx import ModelConfig, build_llava
+
+    return build_llava(ModelConfig(preset="tiny"))
+
+
+@pytest.fixture(scope="session")
+def colour_data(tmp_path_factory):
+    """A folder with 16 solid-colour images, caption rows (stage 1) and instruction rows (stage 2)."""
+    d = tmp_path_factory.mktemp("colours")
+    captions, instruct = [], []
+    names = list(COLOURS)
+    for i in range(16):
+        c = names[i % len(names)]
+        Image.new("RGB", (40 + i, 30), COLOURS[c]).save(d / f"img{i}.png")
+        captions.append({"id": f"c{i}", "image": f"img{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nDescribe the image briefly."},
+            {"from": "gpt", "value": f"a {c} square"}]})
+        instruct.append({"id": f"q{i}", "image": f"img{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the image?"},
+            {"from": "gpt", "value": c}]})
+    instruct += [{"id": f"t{i}", "conversations": [
+        {"from": "human", "value": "Say hello."}, {"from": "gpt", "value": "Hello there!"}]} for i in range(4)]
+    (d / "captions.json").write_text(json.dumps(captions))
+    (d / "instruct.json").write_text(json.dumps(instruct))
+    return d
+
+
+def logits(model, processor, text="USER: <image>\nWhat is it? ASSISTANT:", image=None):
+    image = image if image is not None else Image.new("RGB", (36, 28), (200, 50, 50))
+    inputs = processor(images=image, text=text, return_tensors="pt")
+    with torch.no_grad():
+        return model(**inputs).logits
