@@ -1,0 +1,594 @@
+"""Deterministic synthetic data for tests, demos and the embedded default.
+
+    vlx data synth --kind captions|instruct|poi|chat --n N --out DIR [--seed S] [--image-size PX]
+
+Every sample draws from its own random generator, seeded by `(seed, kind, index)`: the same seed
+gives byte-identical files (with the same Pillow version), and the first k samples of a large set
+equal a set of size k. Text is drawn with Pillow's built-in scalable font
+(`ImageFont.load_default(size=...)`), so the output does not depend on the fonts a machine has;
+extra TTF files can be passed explicitly (`fonts=`, `--font`).
+
+Kinds and what they write under DIR (image paths are relative to DIR):
+
+- `captions` (stage 1, the LLaVA-558K layout): `images/*.png` and `data.json`, a list of
+  `{"id", "image", "conversations": [{"from": "human", "value": "<image>\\n<brief instruction>"},
+  {"from": "gpt", "value": "<caption>"}]}`. Scenes hold shapes (circle, square, triangle, star,
+  diamond, hexagon) in eight colours at five named positions (left, right, top, bottom, centre),
+  repeated shapes to count, and a short rendered word in a corner; the caption names them all.
+  The `plain` template reduces the human turn to `<image>`, as LLaVA-1.5 stage 1 does.
+- `instruct` (stage 2): one file per source plus `data.json` (all rows, each tagged with its
+  `source`) and `mixture.yaml`. Sources: `conversation` (multi-turn chat about the image in full
+  sentences), `vqa` (short answers: colours, shapes, positions, counts, yes/no, the written
+  word), `mc` (multiple choice with lettered options, the answer is the letter) and `text`
+  (text-only rows without `image`, like ShareGPT). Every short answer can be read off the image.
+- `poi` (street imagery): storefront scenes with the ground truth of `templates/poi.py`
+  (`StreetScene`), written as `train.jsonl`, `val.jsonl` and `test.jsonl` rows
+  `{"image": "images/poi_000000.png", "target": {...}}`. Targets are the canonical
+  `StreetScene.model_dump(mode="json")` (schema field order, explicit nulls), validated before
+  writing. A field is in the target only when it was drawn legibly: an element that does not fit
+  at the minimum font size is left out of the image and of the target alike.
+- `chat`: general conversations without format prompts (greetings, fixed-answer knowledge
+  questions, questions about shape scenes and street scenes answered in full sentences) as
+  `data.json`. Used as chat replay during schema fine-tuning and, generated with another seed,
+  as held-out chat evaluation (the knowledge templates are finite, so the two sets can share a
+  few questions).
+
+Mixture file (`mixture.yaml`, paths relative to the YAML file)::
+
+    sources:
+    - name: vqa
+      path: vqa.json
+      format_prompt: Answer the question using a single word or phrase.
+      ratio: 1.0
+
+`format_prompt` is the LLaVA-1.5 response-format prompt of the source (null: none). It is not
+part of the question text in the data files: the loader appends it to every human turn of the
+source's rows, after a newline (`"<question>\\n<format_prompt>"`), so the same data can train
+with and without it. `ratio` scales the source's rows per epoch: 1.0 uses every row once, 0.5
+a random half, 2.0 every row twice.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+KINDS = ("captions", "instruct", "poi", "chat")
+DEFAULT_IMAGE_SIZE = 336
+"""LLaVA-1.5's CLIP resolution; every kind is legible down to 224 px (shapes down to 64 px)."""
+
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+MC_PROMPT = "Answer with the option's letter from the given choices directly."
+
+_KIND_ID = {kind: i for i, kind in enumerate(KINDS)}
+Progress = Callable[[], None] | None
+
+
+def _rng(seed: int, kind: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _KIND_ID[kind], index])
+
+
+def _choice(rng: np.random.Generator, seq: Sequence):
+    return seq[int(rng.integers(len(seq)))]
+
+
+def _save_png(img: Image.Image, path: Path) -> None:
+    # No metadata chunks and a fixed compression level: same pixels -> same bytes.
+    img.save(path, format="PNG", compress_level=6)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fonts and text
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=512)
+def _font(path: str | None, size: int) -> ImageFont.FreeTypeFont:
+    if path is None:
+        return ImageFont.load_default(size=size)
+    return ImageFont.truetype(path, size=size)
+
+
+@dataclass(frozen=True)
+class TextStyle:
+    """How a piece of text is drawn: font file (None: Pillow's built-in), faux bold, width."""
+
+    font: str | None = None
+    stroke: int = 0
+    stretch: float = 1.0
+
+
+def _text_size(text: str, size: int, style: TextStyle) -> tuple[int, int]:
+    left, top, right, bottom = _font(style.font, size).getbbox(text, stroke_width=style.stroke)
+    return max(1, round((right - left) * style.stretch)), max(1, bottom - top)
+
+
+def _fit(text: str, max_w: float, max_h: float, style: TextStyle, start: int, min_px: int) -> int | None:
+    """Largest font size <= start at which `text` fits in max_w x max_h; None below min_px."""
+    for size in range(int(start), min_px - 1, -1):
+        w, h = _text_size(text, size, style)
+        if w <= max_w and h <= max_h:
+            return size
+    return None
+
+
+def _draw_text(img: Image.Image, xy: tuple[float, float], text: str, size: int, fill, style: TextStyle) -> tuple[int, int, int, int]:
+    """Draw `text` with its ink box's top-left at `xy`; returns the ink box."""
+    font = _font(style.font, size)
+    left, top, right, bottom = font.getbbox(text, stroke_width=style.stroke)
+    mask = Image.new("L", (max(1, right - left), max(1, bottom - top)))
+    ImageDraw.Draw(mask).text((-left, -top), text, font=font, fill=255, stroke_width=style.stroke, stroke_fill=255)
+    if style.stretch != 1.0:
+        mask = mask.resize((max(1, round(mask.width * style.stretch)), mask.height), Image.Resampling.BILINEAR)
+    x, y = round(xy[0]), round(xy[1])
+    img.paste(tuple(fill), (x, y, x + mask.width, y + mask.height), mask)
+    return (x, y, x + mask.width, y + mask.height)
+
+
+def _luma(rgb) -> float:
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+
+def _ink_for(bg) -> tuple[int, int, int]:
+    return (20, 20, 20) if _luma(bg) > 140 else (250, 250, 245)
+
+
+def _jitter(rng: np.random.Generator, rgb, amount: int) -> tuple[int, int, int]:
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape scenes (captions, instruct, chat)
+# ---------------------------------------------------------------------------------------------
+
+SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
+COLOURS = {
+    "red": (220, 40, 40),
+    "orange": (245, 140, 30),
+    "yellow": (240, 220, 40),
+    "green": (40, 165, 60),
+    "blue": (40, 90, 225),
+    "purple": (140, 60, 190),
+    "white": (248, 248, 248),
+    "black": (20, 20, 20),
+}
+# Cells of a 3 x 3 grid: shapes sit on the cross, words in the corners.
+POSITIONS = {"left": (0, 1), "right": (2, 1), "top": (1, 0), "bottom": (1, 2), "centre": (1, 1)}
+POSITION_PHRASE = {
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
+    "centre": "in the centre",
+}
+CORNERS = {"top left": (0, 0), "top right": (2, 0), "bottom left": (0, 2), "bottom right": (2, 2)}
+WORDS = (
+    "cat", "dog", "sun", "moon", "tree", "fish", "bird", "boat", "car", "rain", "snow", "lamp",
+    "book", "key", "door", "hat", "cup", "milk", "rose", "frog", "ship", "bell", "kite", "leaf",
+    "wind", "fire", "rock", "sand", "road", "cake", "ring", "coin", "drum", "nest", "owl", "bus",
+    "map", "pen", "jam", "egg", "fox", "bee", "sea", "sky", "hill", "lake", "corn", "pear",
+)
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
+CAPTION_INSTRUCTIONS = (
+    "Describe the image concisely.",
+    "Provide a brief description of the given image.",
+    "Give a short and clear explanation of the subsequent image.",
+    "Summarize the visual content of the image.",
+    "Write a terse but informative summary of the picture.",
+    "Share a concise interpretation of the image provided.",
+    "Render a clear and concise summary of the photo.",
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    shape: str
+    colour: str
+    position: str
+
+
+@dataclass
+class ShapeScene:
+    """What a shape image shows: the ground truth every caption and question is built from."""
+
+    background: tuple[int, int, int]
+    shapes: list[Shape]
+    word: str | None = None
+    word_corner: str | None = None
+    word_colour: str | None = None
+
+    def count(self, shape: str | None = None, colour: str | None = None) -> int:
+        return sum((shape is None or s.shape == shape) and (colour is None or s.colour == colour) for s in self.shapes)
+
+    def at(self, position: str) -> Shape | None:
+        return next((s for s in self.shapes if s.position == position), None)
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def _plural(shape: str) -> str:
+    return shape + "es" if shape.endswith("x") else shape + "s"
+
+
+def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    def ring(n: int, radius: float, phase: float) -> list[tuple[float, float]]:
+        return [(cx + radius * math.cos(phase + 2 * math.pi * k / n), cy + radius * math.sin(phase + 2 * math.pi * k / n)) for k in range(n)]
+
+    if shape == "square":
+        return [(cx - r * 0.8, cy - r * 0.8), (cx + r * 0.8, cy - r * 0.8), (cx + r * 0.8, cy + r * 0.8), (cx - r * 0.8, cy + r * 0.8)]
+    if shape == "triangle":
+        return ring(3, r, -math.pi / 2)
+    if shape == "diamond":
+        return [(cx, cy - r), (cx + r * 0.7, cy), (cx, cy + r), (cx - r * 0.7, cy)]
+    if shape == "hexagon":
+        return ring(6, r * 0.95, 0.0)
+    if shape == "star":
+        outer, inner = ring(5, r, -math.pi / 2), ring(5, r * 0.42, -math.pi / 2 + math.pi / 5)
+        return [p for pair in zip(outer, inner) for p in pair]
+    raise ValueError(shape)
+
+
+def _sample_shape_scene(rng: np.random.Generator) -> ShapeScene:
+    grey = int(rng.integers(95, 175))
+    background = _jitter(rng, (grey, grey, grey), 14)
+    n = int(rng.choice([1, 2, 3, 4, 5], p=[0.2, 0.3, 0.25, 0.15, 0.1]))
+    positions = [str(p) for p in rng.permutation(list(POSITIONS))[:n]]
+    shapes: list[Shape] = []
+    for pos in positions:
+        if shapes and rng.random() < 0.3:
+            # Repeat an earlier shape (same colour or not) so that counting questions are not all "1".
+            prev = _choice(rng, shapes)
+            colour = prev.colour if rng.random() < 0.6 else str(_choice(rng, list(COLOURS)))
+            shapes.append(Shape(prev.shape, colour, pos))
+        else:
+            shapes.append(Shape(str(_choice(rng, SHAPES)), str(_choice(rng, list(COLOURS))), pos))
+    scene = ShapeScene(background, shapes)
+    if rng.random() < 0.5:
+        scene.word = str(_choice(rng, WORDS))
+        scene.word_corner = str(_choice(rng, list(CORNERS)))
+        scene.word_colour = "black" if _luma(background) > 128 else "white"
+    return scene
+
+
+def _render_shape_scene(rng: np.random.Generator, scene: ShapeScene, size: int) -> Image.Image:
+    img = Image.new("RGB", (size, size), scene.background)
+    draw = ImageDraw.Draw(img)
+    cell = size / 3
+    for s in scene.shapes:
+        col, row = POSITIONS[s.position]
+        cx = (col + 0.5 + rng.uniform(-0.1, 0.1)) * cell
+        cy = (row + 0.5 + rng.uniform(-0.1, 0.1)) * cell
+        r = cell * rng.uniform(0.3, 0.42)
+        fill = _jitter(rng, COLOURS[s.colour], 12)
+        if s.shape == "circle":
+            draw.ellipse((cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9), fill=fill)
+        else:
+            draw.polygon(_shape_points(s.shape, cx, cy, r), fill=fill)
+    if scene.word:
+        col, row = CORNERS[scene.word_corner]
+        px = _fit(scene.word, cell * 0.9, cell * 0.5, TextStyle(), round(cell * 0.32), 8) or 8
+        w, h = _text_size(scene.word, px, TextStyle())
+        x = col * cell + (cell - w) / 2 + rng.uniform(-0.05, 0.05) * cell
+        y = row * cell + (cell - h) / 2 + rng.uniform(-0.05, 0.05) * cell
+        _draw_text(img, (x, y), scene.word, px, COLOURS[scene.word_colour], TextStyle())
+    return img
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _caption(scene: ShapeScene) -> str:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for s in scene.shapes:
+        groups.setdefault((s.colour, s.shape), []).append(s.position)
+    parts = []
+    for (colour, shape), where in groups.items():
+        phrases = [POSITION_PHRASE[p] for p in where]
+        if len(where) == 1:
+            parts.append(f"{_a(colour)} {shape} {phrases[0]}")
+        else:
+            parts.append(f"{NUMBER_WORDS[len(where)]} {colour} {_plural(shape)} {_join(phrases)}")
+    text = _join(parts)
+    text = text[0].upper() + text[1:]
+    if scene.word:
+        text += f', and the word "{scene.word}" in the {scene.word_corner} corner'
+    return text + "."
+
+
+def _description(scene: ShapeScene) -> str:
+    n = len(scene.shapes)
+    first = f"The image shows {NUMBER_WORDS[n]} shape{'s' if n > 1 else ''} on a grey background: "
+    body = _caption(scene)
+    return first + body[0].lower() + body[1:]
+
+
+@dataclass(frozen=True)
+class Question:
+    kind: str
+    text: str
+    answer: str
+    options: tuple[str, ...]
+    """Every answer this kind of question can have: the distractor pool for multiple choice."""
+    sentence: str
+    """The answer as a full sentence, for conversations."""
+
+
+def _shape_questions(rng: np.random.Generator, scene: ShapeScene) -> list[Question]:
+    """Questions answerable from the image alone."""
+    qs: list[Question] = []
+    colours, shapes_ = tuple(COLOURS), tuple(SHAPES)
+    for s in scene.shapes:
+        phrase = POSITION_PHRASE[s.position]
+        said = f"The {s.shape} {phrase} is {s.colour}."
+        qs.append(Question("colour_at", f"What colour is the shape {phrase}?", s.colour, colours, said))
+        qs.append(Question("shape_at", f"What shape is {phrase}?", s.shape, shapes_, f"There is {_a(s.colour)} {s.shape} {phrase}."))
+        if scene.count(shape=s.shape) == 1:
+            qs.append(Question("colour_of", f"What colour is the {s.shape}?", s.colour, colours, f"The {s.shape} is {s.colour}."))
+        if scene.count(shape=s.shape, colour=s.colour) == 1:
+            qs.append(Question("where", f"Where is the {s.colour} {s.shape}?", s.position, tuple(POSITIONS), f"The {s.colour} {s.shape} is {phrase}."))
+    shape = str(_choice(rng, shapes_))
+    k = scene.count(shape=shape)
+    qs.append(
+        Question(
+            "count_shape",
+            f"How many {_plural(shape)} are there?",
+            str(k),
+            tuple(str(i) for i in range(6)),
+            f"There are no {_plural(shape)} in the image."
+            if k == 0
+            else f"There {'is' if k == 1 else 'are'} {NUMBER_WORDS[k]} {shape if k == 1 else _plural(shape)} in the image.",
+        )
+    )
+    k = len(scene.shapes)
+    qs.append(
+        Question(
+            "count_all",
+            "How many shapes are in the image?",
+            str(k),
+            tuple(str(i) for i in range(1, 6)),
+            f"There {'is' if k == 1 else 'are'} {NUMBER_WORDS[k]} shape{'' if k == 1 else 's'} in the image.",
+        )
+    )
+    if rng.random() < 0.5:
+        s = _choice(rng, scene.shapes)
+        colour, shape = s.colour, s.shape
+    else:
+        colour, shape = str(_choice(rng, colours)), str(_choice(rng, shapes_))
+    present = scene.count(shape=shape, colour=colour) > 0
+    qs.append(
+        Question(
+            "exists",
+            f"Is there {_a(colour)} {shape} in the image?",
+            "yes" if present else "no",
+            ("yes", "no"),
+            f"Yes, there is {_a(colour)} {shape} in the image." if present else f"No, there is no {colour} {shape} in the image.",
+        )
+    )
+    if scene.word:
+        qs.append(Question("word", "What word is written in the image?", scene.word, WORDS, f'The word "{scene.word}" is written in the {scene.word_corner} corner.'))
+    return qs
+
+
+# ---------------------------------------------------------------------------------------------
+# Text-only conversations (instruct `text` source and chat)
+# ---------------------------------------------------------------------------------------------
+
+CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
+    "Canada": "Ottawa", "Egypt": "Cairo", "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo",
+    "Poland": "Warsaw", "Greece": "Athens", "Portugal": "Lisbon", "Ireland": "Dublin",
+    "Austria": "Vienna", "Sweden": "Stockholm", "Finland": "Helsinki", "Chile": "Santiago",
+    "Thailand": "Bangkok", "Argentina": "Buenos Aires", "Australia": "Canberra", "India": "New Delhi",
+}
+DAYS_FULL = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+OPPOSITES = {
+    "hot": "cold", "big": "small", "fast": "slow", "up": "down", "light": "dark", "happy": "sad",
+    "early": "late", "open": "closed", "full": "empty", "old": "new", "high": "low", "wet": "dry",
+}
+COLOUR_MIX = {("blue", "yellow"): "green", ("red", "yellow"): "orange", ("red", "blue"): "purple", ("red", "white"): "pink", ("black", "white"): "grey"}
+GREETINGS = (
+    ("Hello!", "Hello! How can I help you today?"),
+    ("Hi there.", "Hi! What would you like to talk about?"),
+    ("Good morning!", "Good morning! How can I help you?"),
+    ("How are you?", "I'm doing well, thank you for asking. How can I help you today?"),
+    ("Thank you for your help.", "You're welcome! Let me know if there is anything else I can do."),
+    ("What can you do?", "I can answer questions, describe images and help you with short writing tasks."),
+    ("Can you help me?", "Of course. Tell me what you need and I will do my best to help."),
+    ("Goodbye!", "Goodbye! Have a nice day."),
+)
+
+
+def _knowledge_turn(rng: np.random.Generator) -> tuple[str, str]:
+    kind = int(rng.integers(7))
+    if kind == 0:
+        country = str(_choice(rng, list(CAPITALS)))
+        return f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}."
+    if kind == 1:
+        a, b = int(rng.integers(2, 20)), int(rng.integers(2, 20))
+        return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
+    if kind == 2:
+        a, b = int(rng.integers(2, 13)), int(rng.integers(2, 13))
+        return f"What is {a} times {b}?", f"{a} times {b} is {a * b}."
+    if kind == 3:
+        d = int(rng.integers(7))
+        return f"Which day comes after {DAYS_FULL[d]}?", f"{DAYS_FULL[(d + 1) % 7]} comes after {DAYS_FULL[d]}."
+    if kind == 4:
+        word = str(_choice(rng, list(OPPOSITES)))
+        return f"What is the opposite of {word}?", f'The opposite of "{word}" is "{OPPOSITES[word]}".'
+    if kind == 5:
+        a, b = _choice(rng, list(COLOUR_MIX))
+        return f"What colour do you get when you mix {a} and {b}?", f"Mixing {a} and {b} gives {COLOUR_MIX[(a, b)]}."
+    word = str(_choice(rng, WORDS))
+    return f'How do you spell "{word}" backwards?', f'"{word}" spelled backwards is "{word[::-1]}".'
+
+
+def _text_conversation(rng: np.random.Generator, turns: int) -> list[dict]:
+    conv = []
+    if rng.random() < 0.3:
+        q, a = _choice(rng, GREETINGS)
+        conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    while len(conv) < 2 * turns:
+        q, a = _knowledge_turn(rng)
+        conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    return conv
+
+
+# ---------------------------------------------------------------------------------------------
+# captions / instruct
+# ---------------------------------------------------------------------------------------------
+
+
+def _prepare(out: str | Path) -> Path:
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _check(n: int, image_size: int, min_size: int) -> None:
+    if n < 1:
+        raise ValueError(f"--n {n}: give at least 1 sample")
+    if image_size < min_size:
+        raise ValueError(f"--image-size {image_size}: use at least {min_size} px so text stays legible")
+
+
+def synth_captions(out: str | Path, n: int, *, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = None) -> Path:
+    """Write `n` caption pairs (LLaVA stage 1) to `out/data.json` and `out/images/`.
+
+    Example:
+        >>> synth_captions("data/stage1", 1000, seed=0)  # doctest: +SKIP
+        PosixPath('data/stage1/data.json')
+    """
+    _check(n, image_size, 48)
+    out = _prepare(out)
+    rows = []
+    for i in range(n):
+        rng = _rng(seed, "captions", i)
+        scene = _sample_shape_scene(rng)
+        name = f"images/captions_{i:06d}.png"
+        _save_png(_render_shape_scene(rng, scene, image_size), out / name)
+        instruction = str(_choice(rng, CAPTION_INSTRUCTIONS))
+        rows.append(
+            {
+                "id": f"captions-{i:06d}",
+                "image": name,
+                "conversations": [{"from": "human", "value": f"<image>\n{instruction}"}, {"from": "gpt", "value": _caption(scene)}],
+            }
+        )
+        if progress:
+            progress()
+    _write_json(out / "data.json", rows)
+    return out / "data.json"
+
+
+INSTRUCT_SOURCES = {
+    # name: (share of rows, format prompt)
+    "conversation": (0.3, None),
+    "vqa": (0.35, SHORT_ANSWER_PROMPT),
+    "mc": (0.2, MC_PROMPT),
+    "text": (0.15, None),
+}
+
+
+def _split_counts(n: int, shares: dict[str, float]) -> dict[str, int]:
+    total = sum(shares.values())
+    counts = {k: int(n * v / total) for k, v in shares.items()}
+    # Hand the rounding remainder to the largest shares, in a fixed order.
+    for k in sorted(shares, key=lambda k: -shares[k])[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def _mc(rng: np.random.Generator, question: str, answer: str, pool: Sequence[str]) -> tuple[str, str]:
+    k = min(4, len(pool))
+    options = [answer] + [str(o) for o in rng.permutation([p for p in pool if p != answer])[: k - 1]]
+    options = [options[j] for j in rng.permutation(len(options))]
+    letters = "ABCD"[: len(options)]
+    text = question + "".join(f"\n{letter}. {option}" for letter, option in zip(letters, options))
+    return text, letters[options.index(answer)]
+
+
+def synth_instruct(
+    out: str | Path,
+    n: int,
+    *,
+    seed: int = 0,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    mix: dict[str, float] | None = None,
+    progress: Progress = None,
+) -> Path:
+    """Write `n` instruction rows (LLaVA stage 2) as per-source files, `data.json` and `mixture.yaml`.
+
+    `mix` sets the share of each source (default `INSTRUCT_SOURCES`: conversation 0.3, vqa 0.35,
+    mc 0.2, text 0.15); a source left out of `mix` gets no rows. Returns the path of
+    `mixture.yaml`.
+
+    Example:
+        >>> synth_instruct("data/stage2", 1000, seed=0)  # doctest: +SKIP
+        PosixPath('data/stage2/mixture.yaml')
+    """
+    _check(n, image_size, 48)
+    shares = {k: v for k, (v, _) in INSTRUCT_SOURCES.items()} if mix is None else dict(mix)
+    unknown = set(shares) - set(INSTRUCT_SOURCES)
+    if unknown:
+        raise ValueError(f"unknown instruct source(s) {sorted(unknown)}: use {', '.join(INSTRUCT_SOURCES)}")
+    out = _prepare(out)
+    counts = _split_counts(n, shares)
+    by_source: dict[str, list[dict]] = {k: [] for k in counts if counts[k]}
+    i = 0
+    for source, count in counts.items():
+        for _ in range(count):
+            rng = _rng(seed, "instruct", i)
+            row: dict = {"id": f"instruct-{i:06d}", "source": source}
+            if source == "text":
+                row["conversations"] = _text_conversation(rng, int(rng.integers(1, 4)))
+            else:
+                scene = _sample_shape_scene(rng)
+                row["image"] = f"images/instruct_{i:06d}.png"
+                _save_png(_render_shape_scene(rng, scene, image_size), out / row["image"])
+                row["conversations"] = _image_conversation(rng, source, scene)
+                if progress:
+                    progress()
+            by_source[source].append(row)
+            i += 1
+    sources = []
+    for source, rows in by_source.items():
+        _write_json(out / f"{source}.json", rows)
+        sources.append({"name": source, "path": f"{source}.json", "format_prompt": INSTRUCT_SOURCES[source][1], "ratio": 1.0})
+    _write_json(out / "data.json", [row for rows in by_source.values() for row in rows])
+    (out / "mixture.yaml").write_text(yaml.safe_dump({"sources": sources}, sort_keys=False, width=200), encoding="utf-8")
+    return out / "mixture.yaml"
+
+
+def _image_conversation(rng: np.random.Generator, source: str, scene: ShapeScene) -> list[dict]:
+    questions = _shape_questions(rng, scene)
+    picked = [questions[j] for j in rng.permutation(len(questions))[: int(rng.integers(1, 4))]]
+    conv: list[dict] = []
+    if source == "conversation" and rng.random() < 0.5:
+        conv += [{"from": "human", "value": "Describe this image in detail."}, {"from": "gpt", "value": _description(scene)}]
+    for q in picked:
+        if source == "vqa":
+            text, answer = q.text, q.answer
+        elif source == "mc":
+            text, answer = _mc(rng, q.text, q.answer, q.options)
+        else:
+            text, answer = q.text, q.sentence
+        conv += [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]
+    conv[0]["value"] = "<image>\n" + conv[0]["value"]
+    return conv
