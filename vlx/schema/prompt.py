@@ -1,0 +1,75 @@
+"""Per-task response-format prompts derived from the schema.
+
+LLaVA-1.5 appends a short format instruction to each task's questions ("Answer the question
+using a single word or phrase."); the paper's ablation credits it with letting one model switch
+between terse task answers and free chat. For an extraction task the instruction is the task
+plus a compact description of the fields, so the model sees the contract it is decoded under:
+
+    >>> print(format_prompt(StreetScene))  # doctest: +SKIP
+    Every storefront visible in the image, left to right (none is a valid answer).
+    Answer in JSON: {"pois": list of up to 3 {"name": text up to 40 chars (as written on the sign), ...}}.
+    Use null for what is not visible.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel
+
+from vlx.schema.load import inline
+
+DEFAULT_TASK = "Extract the information shown in the image."
+
+
+def format_prompt(Schema: type[BaseModel], task: str | None = None) -> str:
+    """The response-format prompt for `Schema`: `task` (default: the model's docstring) and the fields."""
+    if task is None:
+        doc = (Schema.__doc__ or "").strip()
+        task = doc.split("\n\n")[0].replace("\n", " ") if doc and doc != BaseModel.__doc__.strip() else DEFAULT_TASK
+    tree = inline(Schema, keep_docs=True)
+    lines = [task.strip(), f"Answer in JSON: {_describe(tree, top=True)}."]
+    if _has_null(tree):
+        lines.append("Use null for what is not visible.")
+    return "\n".join(lines)
+
+
+def _describe(node: dict, top: bool = False) -> str:
+    note = f" ({node['description']})" if node.get("description") and not top else ""
+    if "anyOf" in node:
+        parts = [_describe(b) for b in node["anyOf"] if b.get("type") != "null"]
+        nullable = any(b.get("type") == "null" for b in node["anyOf"])
+        return " or ".join(parts) + (" or null" if nullable else "") + note
+    if "enum" in node:
+        return "one of " + "|".join(v if isinstance(v, str) else json.dumps(v) for v in node["enum"]) + note
+    kind = node.get("type")
+    if kind == "object":
+        fields = ", ".join(f"{json.dumps(k)}: {_describe(v)}" for k, v in node["properties"].items())
+        return "{" + fields + "}" + note
+    if kind == "array":
+        lo, hi = node["minItems"], node["maxItems"]
+        size = f"up to {hi}" if lo == 0 else f"{lo} to {hi}"
+        return f"list of {size} {_describe(node['items'])}" + note
+    if kind == "string":
+        if "format" in node:
+            return {"date": "date YYYY-MM-DD", "uuid": "UUID"}[node["format"]] + note
+        if "pattern" in node and not note:
+            return f"text matching {node['pattern']}"
+        if "maxLength" in node:
+            return f"text up to {node['maxLength']} chars" + note
+        return "text" + note
+    if kind in ("integer", "number"):
+        return f"{'integer' if kind == 'integer' else 'number'} {node['minimum']} to {node['maximum']}" + note
+    if kind == "boolean":
+        return "true or false" + note
+    return "null"
+
+
+def _has_null(node) -> bool:
+    if isinstance(node, dict):
+        if node.get("type") == "null":
+            return True
+        return any(_has_null(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_null(v) for v in node)
+    return False
