@@ -218,27 +218,29 @@ def fit_length(encoded: Encoded, max_length: int, *, row: str, truncate: bool = 
 _CONTENT = (
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}<image>\n{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
+    "{%- if part['type'] == 'image' -%}{{ '<image>\\n' }}{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
 )
-
+# Every tag strips surrounding whitespace; all literal text is emitted by {{ '...' }}.
 JINJA = {
     "vicuna_v1": (
-        "{%- set ns = namespace(first=true) -%}"
         "{%- for message in messages -%}"
-        "{%- if message['role'] == 'system' -%}{%- continue -%}{%- endif -%}"
-        "{%- if ns.first -%}{{ (messages[0]['content'] if messages[0]['role'] == 'system' else '"
+        "{%- if loop.first -%}{{ (message['content'] if message['role'] == 'system' else '"
         + VICUNA_SYSTEM.replace("'", "\\'")
-        + "') + ' ' }}{%- set ns.first = false -%}{%- endif -%}"
-        "{%- if message['role'] == 'user' -%}USER: " + _CONTENT + " ASSISTANT:"
-        "{%- elif message['role'] == 'assistant' -%} " + _CONTENT + "</s>"
+        + "') + ' ' }}{%- endif -%}"
+        "{%- if message['role'] == 'user' -%}{{ 'USER: ' }}" + _CONTENT + "{{ ' ASSISTANT:' }}"
+        "{%- elif message['role'] == 'assistant' -%}{{ ' ' }}" + _CONTENT + "{{ '</s>' }}"
         "{%- endif -%}{%- endfor -%}"
     ),
     "chatml": (
-        "{%- if messages[0]['role'] != 'system' -%}<|im_start|>system\n" + CHATML_SYSTEM + "<|im_end|>\n{%- endif -%}"
-        "{%- for message in messages -%}<|im_start|>{{ message['role'] }}\n" + _CONTENT + "<|im_end|>\n"
-        "{%- endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+        "{%- if messages[0]['role'] != 'system' -%}{{ '<|im_start|>system\\n" + CHATML_SYSTEM
+        + "<|im_end|>\\n' }}{%- endif -%}"
+        "{%- for message in messages -%}{{ '<|im_start|>' + message['role'] + '\\n' }}" + _CONTENT
+        + "{{ '<|im_end|>\\n' }}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
     ),
-    "plain": "{%- for message in messages -%}{%- if message['role'] == 'user' -%}<image>"
-    "{%- else -%}" + _CONTENT + "\n{%- endif -%}{%- endfor -%}",
+    "plain": (
+        "{%- for message in messages -%}{%- if message['role'] == 'user' -%}{{ '<image>' }}"
+        "{%- elif message['role'] == 'assistant' -%}" + _CONTENT + "{{ '\\n' }}{%- endif -%}{%- endfor -%}"
+    ),
 }

@@ -49,12 +49,20 @@ def resolve(cfg: ModelConfig) -> ModelConfig:
     return ModelConfig(**values)
 
 
+def _check_path(source: str, what: str) -> None:
+    """A source that is written as a path but does not exist: say so before the hub is tried."""
+    if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists():
+        raise ModelLoadError(f"cannot load {what} {source!r}: no such directory. Give a local directory with "
+                             f"the {what} (config.json + weights), a hub id, or the preset name 'tiny'.")
+
+
 def _load_vision(source: str, seed: int):
     """-> (CLIPVisionModel, image_mean, image_std)."""
     if source == "tiny":
         with torch.random.fork_rng():
             torch.manual_seed(seed + 1)
             return CLIPVisionModel(tiny.tiny_vision_config()).eval(), None, None
+    _check_path(source, "vision tower")
     try:
         tower = CLIPVisionModel.from_pretrained(source)
     except Exception as e:  # noqa: BLE001 - transformers raises many types; all mean "cannot load"
@@ -78,6 +86,7 @@ def _load_llm(source: str, gguf_file: str | None, seed: int):
             torch.manual_seed(seed + 2)
             lm = AutoModelForCausalLM.from_config(tiny.tiny_text_config(len(tokenizer)))
         return lm, tokenizer
+    _check_path(source, "LLM")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)

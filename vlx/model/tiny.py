@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
@@ -46,6 +46,9 @@ def tiny_tokenizer(vocab_size: int = 600) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    bos = tok.token_to_id("<s>")
+    # Prepend BOS like Llama/Vicuna, so the tiny preset exercises the BOS-handling code paths.
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
