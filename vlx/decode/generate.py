@@ -100,7 +100,7 @@ def generate(
             )
             # (batch, prompt_len + new) -> (batch, new): with left padding every prompt ends at the same column.
             new = ids[:, enc["input_ids"].shape[1]:]
-            out += processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+            out += processor.tokenizer.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return out
 
 
