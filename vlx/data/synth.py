@@ -646,6 +646,7 @@ SIGN_COLOURS = ((25, 35, 70), (20, 60, 40), (25, 25, 25), (245, 240, 225), (120,
 WALL_COLOURS = ((200, 190, 170), (170, 90, 70), (150, 150, 150), (215, 200, 150), (180, 120, 90), (120, 130, 140), (225, 215, 200), (160, 170, 150))
 DAY_LABEL = {"mon": "Mon", "tue": "Tue", "wed": "Wed", "thu": "Thu", "fri": "Fri", "sat": "Sat", "sun": "Sun"}
 DAY_KEYS = tuple(DAY_LABEL)
+NAME_PREFIX_WORDS = ("Cafe", "Espresso", "Bistro", "Trattoria", "Patisserie", "Bar", "Salon", "Boutique", "Pharmacy", "Market")
 MIN_TEXT_PX = 10
 """Smallest font size (pixels of the final image) any ground-truth text is drawn at."""
 
@@ -661,7 +662,7 @@ def _business_name(rng: np.random.Generator, category: str) -> str:
         f"{person}'s {word}",
         f"The {noun} {word}",
         f"{compound} {word}",
-        f"{word} {person}" if len(word) < 9 else f"{person}'s",
+        f"{word} {person}" if word in NAME_PREFIX_WORDS else f"{person}'s",
         f"{noun} & {str(_choice(rng, NOUNS))}",
         f"The {adj} {noun}",
     )[pattern]
@@ -1247,3 +1248,112 @@ def synth_poi(
         paths[split] = out / f"{split}.jsonl"
         paths[split].write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# chat
+# ---------------------------------------------------------------------------------------------
+
+CATEGORY_WORDS = {
+    "cafe": "cafe", "restaurant": "restaurant", "bakery": "bakery", "pharmacy": "pharmacy", "grocery": "grocery store",
+    "bar": "bar", "bank": "bank", "clothing": "clothing store", "hardware": "hardware store", "hair_salon": "hair salon",
+    "bookstore": "bookstore", "florist": "florist",
+}
+CHAT_SOURCES = {"greeting": 0.15, "knowledge": 0.35, "image_chat": 0.25, "street_chat": 0.25}
+
+
+def _street_chat(rng: np.random.Generator, pois: list[dict]) -> list[tuple[str, str]]:
+    if not pois:
+        return [
+            (str(_choice(rng, ("Describe this image.", "What can you see in this picture?"))), "This is a residential building with several windows and a front door. I don't see any shops or businesses in it."),
+            ("Are there any shops here?", "No, there are no shops in this picture, only a residential building."),
+        ]
+    shops = [f'{_a(CATEGORY_WORDS[p["category"]])} called "{p["name"]}"' for p in pois]
+    first = f"The picture shows a street with {_join(shops)}."
+    street = pois[0]["address"]["street"]
+    if street:
+        first += f" The street sign says {street}."
+    turns = [(str(_choice(rng, ("Describe this image.", "What can you see in this picture?", "Tell me about this street."))), first)]
+    p = _choice(rng, pois)
+    turns.append((f'What kind of business is "{p["name"]}"?', f'"{p["name"]}" is {_a(CATEGORY_WORDS[p["category"]])}.'))
+    if p["open_24h"]:
+        turns.append(("Is it open at night?", "Yes, the sign in the window says it is open 24 hours."))
+    elif p["opening_hours"]:
+        h = p["opening_hours"][0]
+        days = DAY_LABEL[h["first_day"]] if h["first_day"] == h["last_day"] else f"{DAY_LABEL[h['first_day']]} to {DAY_LABEL[h['last_day']]}"
+        turns.append(("When is it open?", f"According to the plaque, it opens at {h['opens']} and closes at {h['closes']} from {days}."))
+    if p["phone"]:
+        turns.append(("How can I contact them?", f"You can call them at {p['phone']}."))
+    return turns[: 1 + int(rng.integers(1, len(turns)))]
+
+
+def synth_chat(out: str | Path, n: int, *, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = None) -> Path:
+    """Write `n` general conversations without format prompts to `out/data.json`.
+
+    Sources (the `source` key of each row): `greeting` and `knowledge` (text only, fixed answers),
+    `image_chat` (shape scenes, answers in full sentences) and `street_chat` (street scenes
+    discussed in prose, never as JSON). Use it as chat replay while fine-tuning on a schema, and
+    with another seed as a held-out chat set.
+
+    Example:
+        >>> synth_chat("data/chat", 200, seed=1)  # doctest: +SKIP
+        PosixPath('data/chat/data.json')
+    """
+    _check(n, image_size, 160)
+    out = _prepare(out)
+    styles = _styles(())
+    rows = []
+    i = 0
+    for source, count in _split_counts(n, CHAT_SOURCES).items():
+        for _ in range(count):
+            rng = _rng(seed, "chat", i)
+            row: dict = {"id": f"chat-{i:06d}", "source": source}
+            if source == "greeting":
+                q, a = _choice(rng, GREETINGS)
+                row["conversations"] = [{"from": "human", "value": q}, {"from": "gpt", "value": a}] + _text_conversation(rng, int(rng.integers(0, 2)))
+            elif source == "knowledge":
+                row["conversations"] = _text_conversation(rng, int(rng.integers(1, 3)))
+            else:
+                if source == "image_chat":
+                    scene = _sample_shape_scene(rng)
+                    img = _render_shape_scene(rng, scene, image_size)
+                    questions = _shape_questions(rng, scene)
+                    turns = [("Describe this image.", _description(scene))] if rng.random() < 0.5 else []
+                    turns += [(q.text, q.sentence) for q in (questions[j] for j in rng.permutation(len(questions))[:2])]
+                else:
+                    img, pois = _street_scene(rng, image_size, styles)
+                    turns = _street_chat(rng, pois)
+                row["image"] = f"images/chat_{i:06d}.png"
+                _save_png(img, out / row["image"])
+                row["conversations"] = [{"from": r, "value": v} for q, a in turns for r, v in (("human", q), ("gpt", a))]
+                row["conversations"][0]["value"] = "<image>\n" + row["conversations"][0]["value"]
+                if progress:
+                    progress()
+            rows.append(row)
+            i += 1
+    _write_json(out / "data.json", rows)
+    return out / "data.json"
+
+
+def synth(kind: str, out: str | Path, n: int, *, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = None, **kwargs):
+    """Dispatch to `synth_captions`, `synth_instruct`, `synth_poi` or `synth_chat` by `kind`."""
+    if kind == "captions":
+        return synth_captions(out, n, seed=seed, image_size=image_size, progress=progress, **kwargs)
+    if kind == "instruct":
+        return synth_instruct(out, n, seed=seed, image_size=image_size, progress=progress, **kwargs)
+    if kind == "poi":
+        return synth_poi(out, n, seed=seed, image_size=image_size, progress=progress, **kwargs)
+    if kind == "chat":
+        return synth_chat(out, n, seed=seed, image_size=image_size, progress=progress, **kwargs)
+    raise ValueError(f"--kind {kind!r}: use one of {', '.join(KINDS)}")
+
+
+def image_count(kind: str, n: int, mix: dict[str, float] | None = None) -> int:
+    """How many images `synth(kind, n=n)` writes (for progress bars)."""
+    if kind == "instruct":
+        shares = {k: v for k, (v, _) in INSTRUCT_SOURCES.items()} if mix is None else mix
+        return n - _split_counts(n, shares).get("text", 0)
+    if kind == "chat":
+        counts = _split_counts(n, CHAT_SOURCES)
+        return counts["image_chat"] + counts["street_chat"]
+    return n
