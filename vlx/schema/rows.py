@@ -12,6 +12,7 @@ them all:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,12 +30,14 @@ class RowError:
     field: str
     """Field path inside the row (`target.pois[0].category`), or the row key at fault."""
     message: str
+    source: str = "<rows>"
+    """The data file the row comes from."""
 
     def __str__(self) -> str:
-        return f"row {self.row}: {self.field}: {self.message}"
+        return f"{self.source} row {self.row}: {self.field}: {self.message}"
 
     def to_dict(self) -> dict:
-        return {"row": self.row, "field": self.field, "message": self.message}
+        return {"source": self.source, "row": self.row, "field": self.field, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,14 @@ class RowReport:
     def ok(self) -> bool:
         return not self.errors
 
+    @property
+    def problems(self) -> list[RowError]:
+        return self.errors
+
     def format(self, limit: int = 50) -> str:
         rows = sorted({e.row for e in self.errors})
         head = f"{self.source}: {len(rows)} invalid row(s) of {len(rows) + len(self.rows)}"
-        lines = [str(e) for e in self.errors[:limit]]
+        lines = [f"row {e.row}: {e.field}: {e.message}" for e in self.errors[:limit]]
         if len(self.errors) > limit:
             lines.append(f"... and {len(self.errors) - limit} more")
         return "\n".join([head, *("  " + line for line in lines)])
@@ -95,7 +102,7 @@ def validate_rows(source: str | Path | Iterable[dict | str], Schema: type[BaseMo
             continue
         row, errors = _check_row(number, line, Schema, base, check_images)
         if errors:
-            report.errors += errors
+            report.errors += [dataclasses.replace(e, source=report.source) for e in errors]
             report.bad_lines[number] = line if isinstance(line, str) else json.dumps(line, ensure_ascii=False)
         else:
             report.rows.append(row)
