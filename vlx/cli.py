@@ -154,6 +154,41 @@ def data_validate_cmd(
     typer.echo(f"ok: {total if total is not None else 'all'} rows valid")
 
 
+# ---- data synth -------------------------------------------------------------------------------
+
+@data_app.command("synth")
+def data_synth_cmd(
+    kind: Annotated[str, typer.Option(help="captions (stage 1), instruct (stage-2 mixture), poi (street scenes for templates/poi.py) or chat.")],
+    n: Annotated[int, typer.Option("--n", help="Number of rows (poi: scenes over all splits).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write: images/ plus the data files.")],
+    seed: Annotated[int, typer.Option(help="Same seed, byte-identical output.")] = 0,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels (LLaVA-1.5: 336).")] = 336,
+    font: Annotated[Optional[list[Path]], typer.Option("--font", help="poi: an extra TTF file to draw with (repeatable); output then depends on it.")] = None,
+):
+    """Write deterministic synthetic images and LLaVA-format data (see `vlx.data.synth`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vlx.data.synth import KINDS, image_count, synth
+
+    if kind not in KINDS:
+        typer.secho(f"error: --kind {kind!r}: use one of {', '.join(KINDS)}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2)
+    if font and kind != "poi":
+        typer.secho("error: --font applies to --kind poi only", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns) as bar:
+            task = bar.add_task(f"synth {kind}", total=image_count(kind, n))
+            result = synth(kind, out, n, seed=seed, image_size=image_size, progress=lambda: bar.advance(task),
+                           **({"fonts": font} if font else {}))
+    except (ValueError, OSError) as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2)
+    written = ", ".join(str(p) for p in result.values()) if isinstance(result, dict) else str(result)
+    typer.echo(f"{n} {kind} rows written: {written}")
+
+
 def main() -> None:
     app()
 
