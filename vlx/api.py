@@ -1,0 +1,285 @@
+"""Extraction and chat with a vlx model: `load`, `extract`, `Extractor`.
+
+    import vlx
+    ex = vlx.load("runs/poi")                     # a finetune run, an export, or a base model
+    scene = ex.extract("shop.jpg")                # a validated StreetScene (the run's schema)
+    scenes = ex.extract_many(paths, batch_size=8)  # instances or ExtractionErrors, input order
+    ex.chat("shop.jpg", "What is written on the sign?")
+
+    scene = vlx.extract("shop.jpg", StreetScene, model="runs/base")  # a base model, schema per call
+
+A fine-tune run stores its schema and response-format prompt; `extract` applies that prompt and
+decodes under the grammar of the schema's canonical serialization, so every result is a valid
+instance or an `ExtractionError` (with the text produced), never a truncated or invalid object.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
+
+from vlx.data.templates import JINJA, Turn, answer_prefix, prompt_text
+from vlx.decode import ConstrainedDecoder, DecodeConfig, ExtractionError, generate
+from vlx.model.build import ModelLoadError, load_llava
+from vlx.model.llava import IMAGE_TOKEN
+from vlx.run import RunInfo
+from vlx.schema import SchemaError, check_supported, format_prompt, grammar_schema, load_schema
+
+ImageInput = str | Path | bytes | Image.Image
+
+
+class ImageError(ExtractionError, ValueError):
+    """An image that cannot be used (missing, unreadable, not an image, empty)."""
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """A path, raw bytes or a PIL image -> an RGB PIL image; `ImageError` says what is wrong."""
+    source = str(image) if isinstance(image, (str, Path)) else None
+    try:
+        if isinstance(image, Image.Image):
+            img = image
+        elif isinstance(image, (bytes, bytearray)):
+            if not image:
+                raise ImageError("the image bytes are empty", source="<bytes>")
+            img = Image.open(io.BytesIO(image))
+        elif isinstance(image, (str, Path)):
+            path = Path(image)
+            if not path.exists():
+                raise ImageError("file not found", source=source)
+            if path.is_dir():
+                raise ImageError("is a directory, not an image file", source=source)
+            if path.stat().st_size == 0:
+                raise ImageError("the file is empty (0 bytes)", source=source)
+            img = Image.open(path)
+        else:
+            raise ImageError(f"expected a path, bytes or a PIL image, got {type(image).__name__}")
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError(f"not a readable image ({type(e).__name__}: {e})", source=source or "<bytes>") from e
+    if img.width == 0 or img.height == 0:
+        raise ImageError(f"the image is empty ({img.width}x{img.height} pixels)", source=source)
+    return img.convert("RGB")
+
+
+class Extractor:
+    """A loaded model with its template, and (for fine-tune runs) its schema and format prompt."""
+
+    def __init__(self, model, processor, *, template: str | None, Schema: type[BaseModel] | None = None,
+                 format_prompt: str | None = None, path: str | None = None, **decode_options):
+        self.model, self.processor = model, processor
+        self.template = template
+        """Conversation template; None: the processor's own chat template (a foreign checkpoint)."""
+        self.Schema = Schema
+        self.format_prompt = format_prompt
+        self.path = path
+        self.options = DecodeConfig(**decode_options)
+        self._decoders: dict = {}
+
+    def __repr__(self) -> str:
+        schema = self.Schema.__name__ if self.Schema else None
+        return f"Extractor({self.path!r}, template={self.template!r}, schema={schema})"
+
+    # ---- prompts ---------------------------------------------------------------------------
+
+    def prompt(self, user: str) -> str:
+        """The generation prompt for one user message (`<image>` included where it goes)."""
+        if self.template is not None:
+            return prompt_text(self.template, [Turn(user=user, assistant=None)])
+        content = []
+        if user.startswith(IMAGE_TOKEN + "\n"):
+            content.append({"type": "image"})
+            user = user[len(IMAGE_TOKEN) + 1:]
+        content.append({"type": "text", "text": user})
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def _schema_and_prompt(self, Schema, allow_schema_change: bool) -> tuple[type[BaseModel], str]:
+        if Schema is None:
+            if self.Schema is None:
+                raise SchemaError(f"{self.path or 'this model'} was not fine-tuned with a schema; pass one: "
+                                  "extract(image, Schema)")
+            return self.Schema, self.format_prompt or format_prompt(self.Schema)
+        check_supported(Schema)
+        if self.Schema is None or Schema is self.Schema:
+            return Schema, (self.format_prompt if Schema is self.Schema and self.format_prompt
+                            else format_prompt(Schema))
+        if grammar_schema(Schema) == grammar_schema(self.Schema):
+            return Schema, self.format_prompt or format_prompt(Schema)
+        if not allow_schema_change:
+            raise SchemaError(
+                f"{Schema.__name__} differs from the schema {self.path} was fine-tuned with "
+                f"({self.Schema.__name__}); the model was not trained to answer in it. Difference "
+                f"(- run, + given):\n{schema_diff(self.Schema, Schema)}\n"
+                "Pass allow_schema_change=True to decode under the new schema anyway."
+            )
+        return Schema, format_prompt(Schema)
+
+    def _decoder(self, Schema, options: dict) -> ConstrainedDecoder:
+        cfg = DecodeConfig(**{**self.options.__dict__, **options})
+        key = (Schema, tuple(sorted(cfg.__dict__.items())))
+        if key not in self._decoders:
+            self._decoders[key] = ConstrainedDecoder(self.model, self.processor, Schema, template=self.template,
+                                                     config=cfg)
+        return self._decoders[key]
+
+    # ---- extraction ------------------------------------------------------------------------
+
+    def extract(self, image: ImageInput, Schema: type[BaseModel] | None = None, *,
+                allow_schema_change: bool = False, **options) -> BaseModel:
+        """One image -> a validated `Schema` instance; raises `ImageError` or `ExtractionError`.
+
+        `options`: `backend`, `temperature`, `seed`, `max_new_tokens` (see `DecodeConfig`).
+        """
+        result = self.extract_many([image], Schema, allow_schema_change=allow_schema_change, **options)[0]
+        if isinstance(result, ExtractionError):
+            raise result
+        return result
+
+    def extract_many(self, images: Sequence[ImageInput], Schema: type[BaseModel] | None = None, *,
+                     batch_size: int | None = None, allow_schema_change: bool = False,
+                     on_progress: Callable[[int], None] | None = None, **options) -> list[BaseModel | ExtractionError]:
+        """Many images -> one result per image, in input order: an instance, or the error for that image.
+
+        Images are decoded `batch_size` at a time in one left-padded batch; an unreadable image
+        becomes an `ImageError` in its slot and the others are still extracted. `on_progress(n)`
+        is called after each batch with the number of images just finished.
+        """
+        Schema, fmt = self._schema_and_prompt(Schema, allow_schema_change)
+        if batch_size is not None:
+            options["batch_size"] = batch_size
+        decoder = self._decoder(Schema, options)
+        prompt = self.prompt(f"{IMAGE_TOKEN}\n{fmt}")
+        results: list[BaseModel | ExtractionError | None] = [None] * len(images)
+        ok: list[tuple[int, Image.Image, str]] = []
+        for i, image in enumerate(images):
+            try:
+                ok.append((i, load_image(image), _source(image, i)))
+            except ImageError as e:
+                results[i] = e
+        if len(ok) < len(images) and on_progress:
+            on_progress(len(images) - len(ok))
+        step = decoder.config.batch_size
+        for start in range(0, len(ok), step):
+            chunk = ok[start:start + step]
+            out = decoder.decode([prompt] * len(chunk), [im for _, im, _ in chunk], [s for _, _, s in chunk])
+            for (i, _, _), result in zip(chunk, out):
+                results[i] = result
+            if on_progress:
+                on_progress(len(chunk))
+        return results
+
+    # ---- chat ------------------------------------------------------------------------------
+
+    def chat(self, image: ImageInput | None, message: str, *, max_new_tokens: int = 256, temperature: float = 0.0,
+             seed: int | None = None) -> str:
+        """Free-form answer to `message` about `image` (or no image): no format prompt, no grammar."""
+        img = None if image is None else load_image(image)
+        user = f"{IMAGE_TOKEN}\n{message}" if img is not None else message
+        text = generate(self.model, self.processor, [self.prompt(user)], [img], max_new_tokens=max_new_tokens,
+                        temperature=temperature, seed=seed)[0]
+        prefix = answer_prefix(self.template)
+        return (text[len(prefix):] if prefix and text.startswith(prefix) else text).strip()
+
+
+def _source(image: ImageInput, i: int) -> str:
+    return str(image) if isinstance(image, (str, Path)) else f"<image {i}>"
+
+
+def schema_diff(old: type[BaseModel], new: type[BaseModel]) -> str:
+    """A unified diff of two schemas' decoding-relevant JSON Schemas."""
+    a = json.dumps(grammar_schema(old), indent=1, ensure_ascii=False).splitlines()
+    b = json.dumps(grammar_schema(new), indent=1, ensure_ascii=False).splitlines()
+    return "\n".join(difflib.unified_diff(a, b, "run", "given", lineterm="", n=1))
+
+
+def _template_of(processor) -> str | None:
+    chat = getattr(processor, "chat_template", None)
+    return next((name for name, jinja in JINJA.items() if jinja == chat), None)
+
+
+def load(run: str | Path | Extractor, *, device: str | None = None, dtype: torch.dtype | None = None,
+         **decode_options) -> Extractor:
+    """Load a model once for many extractions.
+
+    `run` is a `vlx finetune` run (base model + LoRA adapter in `RUN/adapter`, with `vlx_run.json`,
+    `schema.py` and `format_prompt.txt`), a merged `vlx export`, a `vlx train-base` run, or any
+    llava-hf checkpoint directory (then give the schema per call). `decode_options` set defaults
+    for `backend`, `temperature`, `seed`, `max_new_tokens`, `batch_size`.
+
+    >>> ex = vlx.load("runs/poi")  # doctest: +SKIP
+    >>> ex.extract("shop.jpg").pois[0].category  # doctest: +SKIP
+    <Category.cafe: 'cafe'>
+    """
+    if isinstance(run, Extractor):
+        return run
+    path = Path(run)
+    if not path.is_dir():
+        raise ModelLoadError(f"{path} is not a directory; give a vlx run directory or a LLaVA checkpoint directory")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    info = RunInfo.load(path)
+    if info is not None and info.kind == "finetune":
+        model, processor = _load_finetune(path, info, dtype)
+    elif (path / "config.json").exists():
+        try:
+            model, processor = load_llava(path, dtype=dtype)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"{e}; {path} is neither a vlx run nor a LLaVA checkpoint") from e
+    else:
+        raise ModelLoadError(f"{path} is neither a vlx run (no vlx_run.json) nor a LLaVA checkpoint (no config.json)")
+    Schema, fmt = None, None
+    if info is not None and info.schema_class and (path / "schema.py").exists():
+        Schema = load_schema(path / "schema.py", class_name=info.schema_class)
+        fmt_file = path / "format_prompt.txt"
+        fmt = fmt_file.read_text(encoding="utf-8").strip() if fmt_file.exists() else format_prompt(Schema)
+    template = info.template if info is not None else _template_of(processor)
+    model.to(device)
+    return Extractor(model, processor, template=template, Schema=Schema, format_prompt=fmt, path=str(path),
+                     **decode_options)
+
+
+def _load_finetune(path: Path, info: RunInfo, dtype):
+    from peft import PeftModel
+
+    if not info.base:
+        raise ModelLoadError(f"{path}/vlx_run.json names no base model; the run is incomplete")
+    base = Path(info.base)
+    if not base.is_absolute() and not base.exists():
+        base = path / base
+    if not (path / "adapter").is_dir():
+        raise ModelLoadError(f"{path} is a finetune run without its adapter/ directory; the run is incomplete")
+    model, processor = load_llava(base, dtype=dtype)
+    if (path / "tokenizer_config.json").exists() or (path / "processor_config.json").exists():
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(path)
+    # Merged in memory: inference then runs at the base model's speed.
+    model = PeftModel.from_pretrained(model, path / "adapter").merge_and_unload()
+    return model.eval(), processor
+
+
+_loaded: dict[str, Extractor] = {}
+
+
+def extract(image: ImageInput, Schema: type[BaseModel] | None = None, *, model: str | Path | Extractor,
+            **options) -> BaseModel:
+    """Extract one validated `Schema` instance from `image` with `model` (a run directory or an `Extractor`).
+
+    Run directories are loaded once per process and reused. See `Extractor.extract` for options.
+
+    >>> scene = vlx.extract("shop.jpg", StreetScene, model="runs/poi")  # doctest: +SKIP
+    """
+    if not isinstance(model, Extractor):
+        key = str(Path(model).resolve())
+        if key not in _loaded:
+            _loaded[key] = load(model)
+        model = _loaded[key]
+    return model.extract(image, Schema, **options)
