@@ -41,7 +41,32 @@ def load_schema(path: str | Path, class_name: str | None = None) -> type[BaseMod
     path = Path(path)
     if not path.is_file():
         raise SchemaError(f"schema file {path} does not exist; give a .py file defining a pydantic model")
-    module_name = f"vlx_schema_{abs(hash(str(path.resolve())))}"
+    models = _import_models(path)
+    if class_name is not None:
+        if class_name not in models:
+            raise SchemaError(f"{path} has no model named {class_name!r}; it defines {', '.join(sorted(models))}")
+        return models[class_name]
+    referenced = {ref for model in models.values() for ref in _referenced_models(model) if ref is not model}
+    roots = [name for name, model in models.items() if model not in referenced]
+    if len(roots) != 1:
+        candidates = ", ".join(sorted(roots or models))
+        raise SchemaError(
+            f"{path}: cannot tell which model is the schema (candidates: {candidates}); "
+            "name one with class_name= (CLI: --schema-class)"
+        )
+    return models[roots[0]]
+
+
+_imported: dict[tuple, dict[str, type[BaseModel]]] = {}
+
+
+def _import_models(path: Path) -> dict[str, type[BaseModel]]:
+    """The models defined in `path`, imported once per file version so classes compare equal."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key in _imported:
+        return _imported[key]
+    module_name = f"vlx_schema_{abs(hash(key))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise SchemaError(f"{path} is not a Python file; give a .py file defining a pydantic model")
@@ -60,19 +85,8 @@ def load_schema(path: str | Path, class_name: str | None = None) -> type[BaseMod
     }
     if not models:
         raise SchemaError(f"{path} defines no pydantic BaseModel subclass")
-    if class_name is not None:
-        if class_name not in models:
-            raise SchemaError(f"{path} has no model named {class_name!r}; it defines {', '.join(sorted(models))}")
-        return models[class_name]
-    referenced = {ref for model in models.values() for ref in _referenced_models(model)}
-    roots = [name for name, model in models.items() if model not in referenced]
-    if len(roots) != 1:
-        candidates = ", ".join(sorted(roots or models))
-        raise SchemaError(
-            f"{path}: cannot tell which model is the schema (candidates: {candidates}); "
-            "name one with class_name= (CLI: --schema-class)"
-        )
-    return models[roots[0]]
+    _imported[key] = models
+    return models
 
 
 def _referenced_models(model: type[BaseModel]) -> set[type[BaseModel]]:
@@ -162,8 +176,11 @@ def _inline(node: dict, defs: dict, model: str, path: str, stack: tuple[str, ...
         return _inline({"anyOf": [{**node, "type": t} for t in kind]}, defs, model, path, stack, problems, keep_docs)
     if kind == "object":
         props = node.get("properties")
-        extra = node.get("additionalProperties", True)
-        if not props or extra not in (False, None) or "patternProperties" in node:
+        # A model without `extra="forbid"` has no additionalProperties key: its extra keys are
+        # ignored by pydantic and never emitted by the grammar. `dict` fields and `extra="allow"`
+        # models say `additionalProperties: true` (or give a value schema): keys unknown in advance.
+        extra = node.get("additionalProperties", False)
+        if not props or extra is not False or "patternProperties" in node:
             return bad("an object with arbitrary keys (a dict or Any) cannot be bounded or enforced; "
                        "replace it with a pydantic model listing the keys")
         out = {"type": "object", "properties": {}, "required": list(props), "additionalProperties": False, **docs}
@@ -176,10 +193,10 @@ def _inline(node: dict, defs: dict, model: str, path: str, stack: tuple[str, ...
             return bad("tuples and untyped lists are not supported; use list[T] with a concrete T")
         if node.get("uniqueItems"):
             return bad("sets (uniqueItems) cannot be enforced while decoding; use a list")
+        items = _inline(node["items"], defs, model, f"{path}[]", stack, problems, keep_docs)
         if "maxItems" not in node:
             return bad("the list has no maximum length, so no token budget exists; "
                        "add Field(max_length=N) to it")
-        items = _inline(node["items"], defs, model, f"{path}[]", stack, problems, keep_docs)
         return {"type": "array", "items": items, "minItems": node.get("minItems", 0), "maxItems": node["maxItems"],
                 **docs}
     if kind == "string":
