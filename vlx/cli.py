@@ -189,6 +189,43 @@ def data_synth_cmd(
     typer.echo(f"{n} {kind} rows written: {written}")
 
 
+# ---- eval -------------------------------------------------------------------------------------
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Option("--model", help="Run directory (or any llava-hf checkpoint directory).")],
+    data: Annotated[str, typer.Option("--data", help="With --benchmark: the benchmark's directory; without: extraction rows (.jsonl).")],
+    benchmark: Annotated[Optional[str], typer.Option(help="vqav2, gqa, textvqa, pope, mme, mmbench or scienceqa (see docs/benchmarks.md).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Benchmark split (vqav2: test-dev or val; mmbench: dev or test); default: the paper's.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N questions (a quick look, not comparable with the paper).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 8,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Token budget per answer (default: the benchmark's, LLaVA's 128).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Directory for results (default: MODEL/eval/BENCHMARK or MODEL/eval/extraction).")] = None,
+    chat_data: Annotated[Optional[str], typer.Option(help="Extraction mode: held-out chat rows for chat-retention checks.")] = None,
+):
+    """Score a model: a paper benchmark (--benchmark) or schema extraction on held-out rows."""
+    from vlx.eval.benchmarks import get_benchmark, markdown_table, run_benchmark
+    from vlx.eval.extraction import ExtractionEvalError, evaluate_run
+
+    _setup_logging()
+    try:
+        if benchmark is not None:
+            name = get_benchmark(benchmark).name
+            target = out or Path(model) / "eval" / name
+            result = run_benchmark(model, name, data, split=split, limit=limit, batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, out_dir=target)
+            typer.echo(markdown_table(result))
+            typer.echo(f"results written to {target}")
+        else:
+            if split is not None:
+                raise ValueError("--split applies to --benchmark runs only")
+            target = out or Path(model) / "eval" / "extraction"
+            evaluate_run(model, data, chat_data=chat_data, out_dir=target, limit=limit, batch_size=batch_size)
+            typer.echo(f"results written to {target}")
+    except (*_user_errors(), ExtractionEvalError, ValueError) as e:
+        _fail(str(e))
+
+
 def main() -> None:
     app()
 
