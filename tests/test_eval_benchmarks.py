@@ -460,6 +460,8 @@ def test_cli_eval_benchmark(tiny_run, tmp_path):
     bad = CliRunner().invoke(app, ["eval", "--model", str(tiny_run), "--benchmark", "pope", "--data",
                                    str(tmp_path / "missing")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+    unknown = CliRunner().invoke(app, ["eval", "--model", str(tiny_run), "--benchmark", "mmvet", "--data", str(data)])
+    assert unknown.exit_code == 2 and "unknown benchmark 'mmvet'" in unknown.output
 
 
 def test_cli_eval_without_benchmark_needs_a_schema_run(tiny_run, tmp_path):

@@ -204,8 +204,9 @@ def eval_cmd(
     chat_data: Annotated[Optional[str], typer.Option(help="Extraction mode: held-out chat rows for chat-retention checks.")] = None,
 ):
     """Score a model: a paper benchmark (--benchmark) or schema extraction on held-out rows."""
-    from vlx.eval.benchmarks import get_benchmark, markdown_table, run_benchmark
+    from vlx.eval.benchmarks import BenchmarkError, get_benchmark, markdown_table, run_benchmark
     from vlx.eval.extraction import ExtractionEvalError, evaluate_run
+    from vlx.schema import SchemaError
 
     _setup_logging()
     try:
@@ -218,11 +219,11 @@ def eval_cmd(
             typer.echo(f"results written to {target}")
         else:
             if split is not None:
-                raise ValueError("--split applies to --benchmark runs only")
+                _fail("--split applies to --benchmark runs only")
             target = out or Path(model) / "eval" / "extraction"
             evaluate_run(model, data, chat_data=chat_data, out_dir=target, limit=limit, batch_size=batch_size)
             typer.echo(f"results written to {target}")
-    except (*_user_errors(), ExtractionEvalError, ValueError) as e:
+    except (*_user_errors(), BenchmarkError, ExtractionEvalError, SchemaError) as e:
         _fail(str(e))
 
 

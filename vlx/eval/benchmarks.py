@@ -49,6 +49,10 @@ class BenchmarkDataError(FileNotFoundError):
     """A benchmark directory that is missing a file or holds one that cannot be read."""
 
 
+class BenchmarkError(ValueError):
+    """An unknown benchmark, split or option value; the message lists the valid ones."""
+
+
 @dataclass
 class Item:
     """One question as the model sees it, and what its scorer needs."""
@@ -235,6 +239,9 @@ def _load_textvqa(d: Path, split: str, limit: int | None) -> list[Item]:
         if a is None:
             raise BenchmarkDataError(f"textvqa: no annotation in TextVQA_0.5.1_val.json for image "
                                      f"{q['question_id']} question {_textvqa_question(q['text'])!r}")
+        if len(a["answers"]) != 10:
+            raise BenchmarkDataError(f"textvqa: question {a.get('question_id')} has {len(a['answers'])} answers in "
+                                     "TextVQA_0.5.1_val.json; the official scorer needs 10")
         items.append(Item(q["question_id"], _strip_format(q["text"], SHORT_ANSWER), images / q["image"],
                           gold=a["answers"]))
     return _check_images(items, "textvqa")
@@ -297,7 +304,10 @@ def _load_mme(d: Path, split: str, limit: int | None) -> list[Item]:
             for n, line in enumerate(qa.read_text().splitlines()):
                 if not line.strip():
                     continue
-                question, answer = line.strip().split("\t")
+                parts = line.strip().split("\t")
+                if len(parts) != 2:
+                    raise BenchmarkDataError(f"{qa}:{n + 1}: expected 'question<TAB>Yes|No', got {line!r}")
+                question, answer = parts
                 # LLaVA's llava_mme.jsonl: the yes/no instruction is replaced by the short-answer prompt.
                 items.append(Item(f"{task}/{image.name}", question.replace("Please answer yes or no.", "").strip(),
                                   image, gold=answer, meta={"task": task, "image": image.name, "n": n}))
@@ -475,7 +485,7 @@ def get_benchmark(name: str) -> Benchmark:
     key = name.lower().replace("-", "").replace("_", "")
     key = {"sqa": "scienceqa", "scienceqaimg": "scienceqa", "sqaimg": "scienceqa"}.get(key, key)
     if key not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}: use one of {', '.join(BENCHMARKS)}")
+        raise BenchmarkError(f"unknown benchmark {name!r}: use one of {', '.join(BENCHMARKS)}")
     return BENCHMARKS[key]
 
 
@@ -488,9 +498,9 @@ def load_items(name: str, data_dir: str | Path, *, split: str | None = None, lim
     bench = get_benchmark(name)
     split = split or bench.splits[0]
     if split not in bench.splits:
-        raise ValueError(f"{bench.name} has no split {split!r}: use one of {', '.join(bench.splits)}")
+        raise BenchmarkError(f"{bench.name} has no split {split!r}: use one of {', '.join(bench.splits)}")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit={limit}: must be >= 1")
+        raise BenchmarkError(f"limit={limit}: must be >= 1")
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
         raise BenchmarkDataError(f"{bench.name}: data directory {data_dir} does not exist; see docs/benchmarks.md")
@@ -504,7 +514,7 @@ def score(name: str, items: list[Item], texts: list[str], *, split: str | None =
     """Score model outputs for `items` (from `load_items`) -> {"metrics", "per_item", ...}."""
     bench = get_benchmark(name)
     if len(items) != len(texts):
-        raise ValueError(f"{len(items)} questions but {len(texts)} answers")
+        raise BenchmarkError(f"{len(items)} questions but {len(texts)} answers")
     return bench.score(items, [t.strip() for t in texts], split or bench.splits[0])
 
 
@@ -524,7 +534,7 @@ def _resolve_model(model, template: str | None):
 
         info = RunInfo.load(model)
         if info is not None and info.kind == "finetune":
-            raise ValueError(f"{model} is a LoRA fine-tune run: benchmark a base run, or `vlx export` it first")
+            raise BenchmarkError(f"{model} is a LoRA fine-tune run: benchmark a base run, or `vlx export` it first")
         llava, processor = load_llava(model)
         if torch.cuda.is_available():
             llava = llava.to("cuda", torch.bfloat16)
@@ -567,6 +577,8 @@ def run_benchmark(model, name: str, data_dir: str | Path, *, split: str | None =
         images = [open_image(it.image) for it in items[start:start + chunk]]
         texts += generate(llava, processor, prompts[start:start + chunk], images,
                           max_new_tokens=max_new_tokens or bench.max_new_tokens, batch_size=batch_size)
+        log.info("%s: %d/%d questions answered (%.1f s)", bench.name, len(texts), len(items),
+                 time.perf_counter() - started)
     seconds = time.perf_counter() - started
     texts = [t.strip() for t in texts]  # LLaVA strips decoded outputs before scoring
     scored = bench.score(items, texts, split)
@@ -619,5 +631,5 @@ def _write(out_dir: Path, result: dict, scored: dict, items: list[Item], prompts
             (tmp / filename).write_bytes(content)
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "BenchmarkDataError", "Item", "SHORT_ANSWER", "MULTIPLE_CHOICE",
+__all__ = ["BENCHMARKS", "Benchmark", "BenchmarkDataError", "BenchmarkError", "Item", "SHORT_ANSWER", "MULTIPLE_CHOICE",
            "get_benchmark", "load_items", "build_prompts", "score", "run_benchmark", "markdown_table", "open_image"]
