@@ -83,8 +83,9 @@ def _choice(rng: np.random.Generator, seq: Sequence):
 
 
 def _save_png(img: Image.Image, path: Path) -> None:
-    # No metadata chunks and a fixed compression level: same pixels -> same bytes.
-    img.save(path, format="PNG", compress_level=6)
+    # No metadata chunks and a fixed compression level: same pixels -> same bytes. Level 3 is
+    # about twice as fast as the default 6 for 20% larger files.
+    img.save(path, format="PNG", compress_level=3)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -124,11 +125,18 @@ def _text_size(text: str, size: int, style: TextStyle) -> tuple[int, int]:
 
 def _fit(text: str, max_w: float, max_h: float, style: TextStyle, start: int, min_px: int) -> int | None:
     """Largest font size <= start at which `text` fits in max_w x max_h; None below min_px."""
-    for size in range(int(start), min_px - 1, -1):
+
+    def fits(size: int) -> bool:
         w, h = _text_size(text, size, style)
-        if w <= max_w and h <= max_h:
-            return size
-    return None
+        return w <= max_w and h <= max_h
+
+    lo, hi = min_px, int(start)
+    if hi < lo or not fits(lo):
+        return None
+    while lo < hi:  # text extent grows with the font size: bisect
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
 
 
 def _draw_text(img: Image.Image, xy: tuple[float, float], text: str, size: int, fill, style: TextStyle) -> tuple[int, int, int, int]:
@@ -1119,7 +1127,7 @@ def _perspective(img: Image.Image, rng: np.random.Generator, amount: float) -> I
         rows += [[x, y, 1, 0, 0, 0, -u * x, -u * y], [0, 0, 0, x, y, 1, -v * x, -v * y]]
         rhs += [u, v]
     coeffs = np.linalg.solve(np.array(rows, dtype=np.float64), np.array(rhs, dtype=np.float64))
-    return img.transform((S, S), Image.Transform.PERSPECTIVE, tuple(coeffs.tolist()), Image.Resampling.BICUBIC)
+    return img.transform((S, S), Image.Transform.PERSPECTIVE, tuple(coeffs.tolist()), Image.Resampling.BILINEAR)
 
 
 def _lighting(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -1145,7 +1153,7 @@ def _street_scene(rng: np.random.Generator, S: int, styles: list[TextStyle]) -> 
     protected: list = []
     if n and rng.random() < 0.35:
         street = f"{_choice(rng, PREFIXES + NOUNS)}{_choice(rng, SUFFIXES) if rng.random() < 0.4 else ''} {_choice(rng, STREET_TYPES)}"
-        top = max(MIN_TEXT_PX + 8, S * 0.055) + S * 0.01
+        top = max(MIN_TEXT_PX + 8, S * 0.055) + S * 0.025
     if n == 0:
         _residential(img, rng, (0, 0, S, walk), S, 0.0, _choice(rng, styles))
         businesses: list[Business] = []
@@ -1171,7 +1179,7 @@ def _street_scene(rng: np.random.Generator, S: int, styles: list[TextStyle]) -> 
         px = max(MIN_TEXT_PX, round(S * 0.036))
         w, h = _text_size(street, px, style)
         x = S * 0.04 if rng.random() < 0.5 else S * 0.96 - w - 8
-        plate = (x, S * 0.012, x + w + 8, S * 0.012 + h + 8)
+        plate = (x, S * 0.025, x + w + 8, S * 0.025 + h + 8)
         draw.rectangle(plate, fill=(30, 70, 150), outline=(240, 240, 240), width=1)
         protected.append(_draw_text(img, (x + 4, plate[1] + 4), street, px, (245, 245, 245), style))
     draw.rectangle((0, walk, S, S), fill=_jitter(rng, (175, 172, 165), 12))
@@ -1179,8 +1187,11 @@ def _street_scene(rng: np.random.Generator, S: int, styles: list[TextStyle]) -> 
     if rng.random() < 0.5:
         _occluder(img, rng, S, protected)
     img = _lighting(img, rng)
-    if rng.random() < 0.7:
-        img = _perspective(img, rng, 0.03)
+    # Perspective samples up to `amount * S` inside each corner; keep all ground-truth text in view.
+    edge = min([S] + [min(x0, y0, S - x1, S - y1) for x0, y0, x1, y1 in protected]) / S
+    amount = min(0.03, 0.9 * edge)
+    if rng.random() < 0.7 and amount > 0.005:
+        img = _perspective(img, rng, amount)
     if rng.random() < 0.5:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.6) * S / 336))
     return img, [b.target(street) for b in businesses]
