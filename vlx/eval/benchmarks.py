@@ -203,10 +203,11 @@ def _score_gqa(items: list[Item], texts: list[str], split: str) -> dict:
         sel = [r for it, r in zip(items, right) if (it.meta["structural"] == "query") == (kind == "open")]
         if sel:
             metrics[f"accuracy_{kind}"] = 100 * sum(sel) / len(sel)
+    # The predictions file the official eval.py reads (convert_gqa_for_eval.py's output).
+    predictions = [{"questionId": it.qid, "prediction": scoring.gqa_normalize(t)} for it, t in zip(items, texts)]
     return {"metrics": metrics,
             "per_item": [{"prediction": scoring.gqa_normalize(t), "correct": r} for t, r in zip(texts, right)],
-            "submission": ("testdev_balanced_predictions.json", json.dumps(
-                [{"questionId": it.qid, "prediction": scoring.gqa_normalize(t)} for it, t in zip(items, texts)]).encode())}
+            "submission": ("testdev_balanced_predictions.json", json.dumps(predictions).encode())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +293,8 @@ def _load_mme(d: Path, split: str, limit: int | None) -> list[Item]:
     for task in scoring.MME_PERCEPTION + scoring.MME_COGNITION:
         folder = _need(d, task, "mme", split)
         if task in MME_SUBFOLDERS:
-            qa_dir, image_dir = _need(d, f"{task}/questions_answers_YN", "mme", split), _need(d, f"{task}/images", "mme", split)
+            qa_dir = _need(d, f"{task}/questions_answers_YN", "mme", split)
+            image_dir = _need(d, f"{task}/images", "mme", split)
         else:
             qa_dir = image_dir = folder
         qa_files = sorted(qa_dir.glob("*.txt"))
@@ -401,7 +403,8 @@ def _score_mmbench(items: list[Item], texts: list[str], split: str) -> dict:
         parsed.append(letter)
     per_item = [{"parsed": p} for p in parsed]
     if split == "test":
-        return {"metrics": {}, "per_item": per_item, "submission": ("submission.xlsx", _mmbench_submission(items, texts)),
+        return {"metrics": {}, "per_item": per_item,
+                "submission": ("submission.xlsx", _mmbench_submission(items, texts)),
                 "note": "MMBench test is scored by the OpenCompass server: upload submission.xlsx"}
     groups: dict[int, list[bool]] = defaultdict(list)
     categories: dict[int, str] = {}
@@ -530,17 +533,25 @@ def _resolve_model(model, template: str | None):
     if isinstance(model, (str, Path)):
         import torch
 
+        from vlx.device import device, resolve_precision
         from vlx.model import load_llava
 
         info = RunInfo.load(model)
         if info is not None and info.kind == "finetune":
             raise BenchmarkError(f"{model} is a LoRA fine-tune run: benchmark a base run, or `vlx export` it first")
         llava, processor = load_llava(model)
-        if torch.cuda.is_available():
-            llava = llava.to("cuda", torch.bfloat16)
-        return llava, processor, template or (info.template if info else "vicuna_v1"), str(model)
-    llava, processor = model
-    return llava, processor, template or "vicuna_v1", type(llava).__name__
+        dtype = torch.bfloat16 if resolve_precision("auto") == "bf16" else torch.float32
+        llava = llava.to(device(), dtype)
+        template = template or (info.template if info else None)
+        label = str(model)
+    else:
+        llava, processor = model
+        label = type(llava).__name__
+    if template in (None, "plain"):
+        # LLaVA's eval scripts prompt every model, stage-1 ones included, with the conversation
+        # template; `plain` would drop the question and keep only the image.
+        template = "vicuna_v1"
+    return llava, processor, template, label
 
 
 def _paper_size(model) -> str:

@@ -282,16 +282,17 @@ def format_table(report: dict) -> str:
     """A markdown table: each field's main metric beside its majority-class baseline."""
     lines = [f"Schema-valid: {report['schema_valid_rate']:.1%} of {report['n']}", "",
              "| Field | Metric | Model | Majority baseline | n |", "|---|---|---|---|---|"]
+    nan = float("nan")
     for path, f in report["fields"].items():
         if f["kind"] == "aligned":
             lines.append(f"| {path} | count accuracy | {f['count_accuracy']:.3f} | | {f['n']} |")
             continue
         base = f.get("baseline") or {}
-        lines.append(f"| {path} | accuracy | {f['accuracy']:.3f} | {base.get('accuracy', float('nan')):.3f} | {f['n']} |")
+        lines.append(f"| {path} | accuracy | {f['accuracy']:.3f} | {base.get('accuracy', nan):.3f} | {f['n']} |")
         if f["kind"] == "text":
-            lines.append(f"| {path} | CER | {f['cer']:.3f} | {base.get('cer', float('nan')):.3f} | {f['n']} |")
+            lines.append(f"| {path} | CER | {f['cer']:.3f} | {base.get('cer', nan):.3f} | {f['n']} |")
         if f["kind"] == "set":
-            lines.append(f"| {path} | F1 | {f['f1']:.3f} | {base.get('f1', float('nan')):.3f} | {f['n']} |")
+            lines.append(f"| {path} | F1 | {f['f1']:.3f} | {base.get('f1', nan):.3f} | {f['n']} |")
     return "\n".join(lines) + "\n"
 
 
