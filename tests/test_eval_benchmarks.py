@@ -284,6 +284,7 @@ def test_mme_perception_and_cognition(tmp_path):
     always_yes = score("mme", items, ["Yes"] * 28)["metrics"]
     # Each task: one of two right (acc 0.5), no image with both right (acc+ 0) -> 50.
     assert always_yes["existence"] == 50.0 and always_yes["artwork"] == 50.0
+    assert always_yes["existence_acc"] == 50.0 and always_yes["existence_acc_plus"] == 0.0
     assert always_yes["perception"] == 500.0 and always_yes["cognition"] == 200.0
     right = score("mme", items, ["Yes", "No"] * 14)["metrics"]
     assert right["perception"] == 2000.0 and right["cognition"] == 800.0

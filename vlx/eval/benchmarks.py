@@ -320,12 +320,13 @@ def _score_mme(items: list[Item], texts: list[str], split: str) -> dict:
     tasks: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for it, t in zip(items, texts):
         tasks[it.meta["task"]][it.meta["image"]].append((t, it.gold))
-    metrics: dict[str, float] = {}
-    for task, images in tasks.items():
-        s = scoring.mme_task_score(list(images.values()))
-        metrics[task] = s["score"]
-    metrics["perception"] = sum(metrics.get(t, 0.0) for t in scoring.MME_PERCEPTION)
-    metrics["cognition"] = sum(metrics.get(t, 0.0) for t in scoring.MME_COGNITION)
+    scores: dict[str, dict] = {task: scoring.mme_task_score(list(images.values())) for task, images in tasks.items()}
+    metrics: dict[str, float] = {
+        "perception": sum(scores[t]["score"] for t in scoring.MME_PERCEPTION if t in scores),
+        "cognition": sum(scores[t]["score"] for t in scoring.MME_COGNITION if t in scores),
+    }
+    for task, s in scores.items():
+        metrics.update({task: s["score"], f"{task}_acc": 100 * s["acc"], f"{task}_acc_plus": 100 * s["acc_plus"]})
     return {"metrics": metrics, "per_item": [{"parsed": scoring.mme_parse(t)} for t in texts]}
 
 
