@@ -206,6 +206,7 @@ def eval_cmd(
     """Score a model: a paper benchmark (--benchmark) or schema extraction on held-out rows."""
     from vlx.eval.benchmarks import BenchmarkError, get_benchmark, markdown_table, run_benchmark
     from vlx.eval.extraction import ExtractionEvalError, evaluate_run
+    from vlx.eval.fields import format_table
     from vlx.schema import SchemaError
 
     _setup_logging()
@@ -221,7 +222,8 @@ def eval_cmd(
             if split is not None:
                 _fail("--split applies to --benchmark runs only")
             target = out or Path(model) / "eval" / "extraction"
-            evaluate_run(model, data, chat_data=chat_data, out_dir=target, limit=limit, batch_size=batch_size)
+            report = evaluate_run(model, data, chat_data=chat_data, out_dir=target, limit=limit, batch_size=batch_size)
+            typer.echo(format_table(report))
             typer.echo(f"results written to {target}")
     except (*_user_errors(), BenchmarkError, ExtractionEvalError, SchemaError) as e:
         _fail(str(e))
