@@ -24,6 +24,7 @@ from vlx.data.synth import (
     image_count,
     synth,
     synth_captions,
+    synth_chat,
     synth_instruct,
     synth_poi,
 )
@@ -119,6 +120,20 @@ def test_instruct_mixture(tmp_path):
                 for h, a in zip(humans, answers):
                     options = re.findall(r"^([A-D])\. ", h, flags=re.M)
                     assert len(options) >= 2 and a in options
+
+
+def test_chat_rows_are_prose(tmp_path):
+    synth_chat(tmp_path, 24, seed=2, image_size=224)
+    rows = json.loads((tmp_path / "data.json").read_text())
+    assert len(rows) == 24
+    _check_llava_rows(tmp_path, rows, 224)
+    assert {r["source"] for r in rows} == {"greeting", "knowledge", "image_chat", "street_chat"}
+    for row in rows:
+        for turn in row["conversations"]:
+            # Chat replay teaches free-form answers: no format prompts, no JSON.
+            assert SHORT_ANSWER_PROMPT not in turn["value"] and MC_PROMPT not in turn["value"]
+            assert not turn["value"].lstrip().startswith(("{", "["))
+        assert all(a["value"].endswith((".", "!", "?")) for a in row["conversations"][1::2])
 
 
 def test_poi_splits_validate_against_the_schema(tmp_path):
