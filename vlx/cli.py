@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -106,7 +107,8 @@ def train_base_cmd(
                          init_from=init_from, deepspeed=deepspeed, fsdp_config=fsdp_config)
     except _user_errors() as e:
         _fail(str(e))
-    typer.echo(f"model written to {run} (loads with LlavaForConditionalGeneration.from_pretrained)")
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"model written to {run} (loads with LlavaForConditionalGeneration.from_pretrained)")
 
 
 # ---- data validate ----------------------------------------------------------------------------
@@ -199,9 +201,9 @@ def eval_cmd(
     split: Annotated[Optional[str], typer.Option(help="Benchmark split (vqav2: test-dev or val; mmbench: dev or test); default: the paper's.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N questions (a quick look, not comparable with the paper).")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 8,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Token budget per answer (default: the benchmark's, LLaVA's 128).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Token budget per answer (default: the benchmark's, LLaVA's 128; extraction: derived from the schema).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Directory for results (default: MODEL/eval/BENCHMARK or MODEL/eval/extraction).")] = None,
-    chat_data: Annotated[Optional[str], typer.Option(help="Extraction mode: held-out chat rows for chat-retention checks.")] = None,
+    chat_data: Annotated[Optional[str], typer.Option(help="Extraction mode: held-out chat rows (accepted; chat retention is not measured yet).")] = None,
 ):
     """Score a model: a paper benchmark (--benchmark) or schema extraction on held-out rows."""
     from vlx.eval.benchmarks import BenchmarkError, get_benchmark, markdown_table, run_benchmark
@@ -222,7 +224,8 @@ def eval_cmd(
             if split is not None:
                 _fail("--split applies to --benchmark runs only")
             target = out or Path(model) / "eval" / "extraction"
-            report = evaluate_run(model, data, chat_data=chat_data, out_dir=target, limit=limit, batch_size=batch_size)
+            report = evaluate_run(model, data, chat_data=chat_data, out_dir=target, limit=limit, batch_size=batch_size,
+                                  max_new_tokens=max_new_tokens)
             typer.echo(format_table(report))
             typer.echo(f"results written to {target}")
     except (*_user_errors(), BenchmarkError, ExtractionEvalError, SchemaError) as e:

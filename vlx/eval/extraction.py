@@ -112,7 +112,8 @@ def extraction_prompt(template: str, format_prompt: str, instruction: str | None
 
 
 def evaluate_run(model: str | Path, data: str | Path, *, chat_data: str | Path | None = None,
-                 out_dir: str | Path | None = None, limit: int | None = None, batch_size: int = 8) -> dict:
+                 out_dir: str | Path | None = None, limit: int | None = None, batch_size: int = 8,
+                 max_new_tokens: int | None = None) -> dict:
     """Extract from every row of `data` with the run's constrained decoder and score the fields.
 
     The schema, the response-format prompt (`RUN/format_prompt.txt`, else derived from the
@@ -135,7 +136,7 @@ def evaluate_run(model: str | Path, data: str | Path, *, chat_data: str | Path |
     llava, processor = load_run_model(run)
 
     decoder = ConstrainedDecoder(llava, processor, Schema, template=template,
-                                 config=DecodeConfig(batch_size=batch_size))
+                                 config=DecodeConfig(batch_size=batch_size, max_new_tokens=max_new_tokens))
     prompts = [extraction_prompt(template, fmt, r.prompt) for r in rows]
     started = time.perf_counter()
     results = []

@@ -253,6 +253,8 @@ def _count_choice(splits: list[str], choices, prefix: str = "", suffix: str = ""
 
 def can_infer_option(answer: str, choices: dict[str, str]) -> str | None:
     """The single option letter standing alone in the answer (after dropping `.()[],:;!*#{}`)."""
+    if "Failed to obtain answer via API" in answer:
+        return None
     for err in _MMBENCH_REJECT:
         if err in answer:
             return "Z"
