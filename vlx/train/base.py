@@ -30,7 +30,7 @@ from vlx.data.formats import DataError, load_rows
 from vlx.device import device, resolve_precision
 from vlx.model.build import build_llava, load_llava, resolve
 from vlx.plot import plot_metrics
-from vlx.run import RunInfo, atomic_dir
+from vlx.run import RunInfo
 from vlx.train.trainer import LlavaTrainer, MetricsLogger, trainable_summary
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ def training_args(cfg: TrainConfig, output_dir: Path, *, num_workers: int = 0, d
         bf16=precision == "bf16",
         use_cpu=on_cpu,
         ddp_backend="gloo" if on_cpu and world > 1 else None,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         dataloader_num_workers=num_workers,
         remove_unused_columns=False,
         report_to="none",
@@ -110,27 +110,31 @@ def _prepare_stage(stage: str, data: str, model, processor, model_cfg: ModelConf
 def _save_model(trainer, processor, target: Path, info: RunInfo, *, into_existing: bool = False) -> None:
     """Write a model directory so that no reader ever sees a half-written one.
 
-    A fresh directory is written under a temporary name and renamed into place. The run root
-    (`into_existing`) already holds checkpoints and metrics, so the model files are staged and
-    moved in one by one, weights first, `config.json` and `vlx_run.json` last: `config.json`
-    never exists without its weights.
+    Every process calls `trainer.save_model` (ZeRO-3 and FSDP gather shards there) into one
+    staging folder; the main process then renames a fresh directory into place, or, for the run
+    root (`into_existing`, which already holds checkpoints and metrics), moves the files in one
+    by one, weights first and `config.json`, `vlx_run.json` last: `config.json` never exists
+    without its weights.
     """
-    if not into_existing:
-        with atomic_dir(target) as tmp:
-            trainer.save_model(str(tmp))
-            if trainer.is_world_process_zero():
-                processor.save_pretrained(str(tmp))
-                info.save(tmp)
-        return
-    staging = target / ".staging-model"
-    shutil.rmtree(staging, ignore_errors=True)
+    main = trainer.is_world_process_zero()
+    staging = target / ".staging-model" if into_existing else target.parent / f".{target.name}.staging"
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(staging))
-    if trainer.is_world_process_zero():
+    trainer.accelerator.wait_for_everyone()
+    if main:
         processor.save_pretrained(str(staging))
         info.save(staging)
-        for name in sorted(os.listdir(staging), key=lambda n: (n == "config.json", n == "vlx_run.json")):
-            os.replace(staging / name, target / name)
-        shutil.rmtree(staging)
+        if into_existing:
+            for name in sorted(os.listdir(staging), key=lambda n: (n == "config.json", n == "vlx_run.json")):
+                os.replace(staging / name, target / name)
+            shutil.rmtree(staging)
+        else:
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+    trainer.accelerator.wait_for_everyone()
 
 
 def train_base(model_cfg: ModelConfig, data_cfg: DataConfig, stage_cfgs: dict[str, TrainConfig], out: str | Path,

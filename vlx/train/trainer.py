@@ -9,7 +9,12 @@ needs, and this subclass adds:
 - checkpoints that appear atomically: the Trainer writes `checkpoint-N` in place, so a kill
   during a save leaves a directory `--resume` would pick up; here it is written under a staging
   folder and renamed when complete;
-- `metrics.jsonl` with the stage name, written by a callback.
+- `metrics.jsonl` with the stage name, written by a callback;
+- resumption that restores the weights: transformers 5 saves LLaVA checkpoints with its
+  key-conversion mapping (`language_model.model.*`) but `Trainer._load_from_checkpoint` loads
+  them with a raw `load_state_dict`, so every key misses and training silently continues from
+  the in-memory weights. Here the checkpoint is read back through `from_pretrained`, which
+  applies the mapping.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from vlx.data.sampler import ModalityLengthSampler
 
@@ -60,6 +65,18 @@ class LlavaTrainer(Trainer):
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = self.model if model is None else model
+        if (self.is_deepspeed_enabled or self.is_fsdp_enabled
+                or not isinstance(model, PreTrainedModel)
+                or not os.path.exists(os.path.join(resume_from_checkpoint, "config.json"))):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=next(model.parameters()).dtype)
+        missing, unexpected = model.load_state_dict(saved.state_dict(), strict=False)
+        if unexpected or [k for k in missing if k not in getattr(model, "_tied_weights_keys", {})]:
+            raise RuntimeError(f"checkpoint {resume_from_checkpoint} does not match the model: "
+                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+
     def _save_checkpoint(self, model, trial):
         run_dir = self._get_output_dir(trial=trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -76,7 +93,8 @@ class LlavaTrainer(Trainer):
                 shutil.rmtree(final)
             os.replace(os.path.join(staging, name), final)
             shutil.rmtree(staging, ignore_errors=True)
-            self._rotate_checkpoints(use_mtime=False, output_dir=run_dir)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
 
 
