@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vlx.eval.extraction import ExtractionEvalError, evaluate_run, extraction_prompt, load_run_schema
+from vlx.eval.extraction import ExtractionEvalError, evaluate_run, load_run_schema
 from vlx.eval.fields import field_metrics
 from vlx.run import RunInfo
 
@@ -59,14 +59,6 @@ def schema_run(tiny, tmp_path, monkeypatch):
     data = tmp_path / "test.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run, data
-
-
-def test_extraction_prompt_layout():
-    from vlx.data.templates import VICUNA_SYSTEM
-
-    assert extraction_prompt("vicuna_v1", "Answer in JSON.") == f"{VICUNA_SYSTEM} USER: <image>\nAnswer in JSON. ASSISTANT:"
-    assert extraction_prompt("vicuna_v1", "Answer in JSON.", "Which shop?").endswith(
-        "USER: <image>\nWhich shop?\nAnswer in JSON. ASSISTANT:")
 
 
 def test_evaluate_run_on_tiny(schema_run, tmp_path):

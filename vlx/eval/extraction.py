@@ -5,7 +5,7 @@
 `test.jsonl` holds extraction rows (`{"image", "target", "prompt"}`, see `vlx.schema.rows`) for
 the schema the run was fine-tuned with (`RUN/schema.py`). `evaluate_predictions` scores
 predictions against those rows with `vlx.eval.fields` and writes `metrics.json` and `report.md`;
-`evaluate_run` first produces the predictions with the run's schema-constrained decoder.
+`evaluate_run` first produces the predictions with `vlx.load(RUN)`, the extraction users get.
 """
 
 from __future__ import annotations
@@ -15,12 +15,9 @@ import logging
 import time
 from pathlib import Path
 
-from PIL import Image
 from pydantic import BaseModel
 
-from vlx.data.templates import Turn, prompt_text
 from vlx.eval.fields import field_metrics, format_table
-from vlx.model.llava import IMAGE_TOKEN
 from vlx.run import RunInfo, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -82,68 +79,26 @@ def evaluate_predictions(predictions: list, rows: list, Schema: type[BaseModel],
     return report
 
 
-def load_run_model(run: str | Path):
-    """-> (model, processor) of a fine-tune or export run, following the run directory contract
-    (`vlx.run`): a merged checkpoint in RUN itself, or a LoRA adapter in RUN/adapter over the base
-    model named in `vlx_run.json`."""
-    from vlx.model import load_llava
-
-    run = Path(run)
-    if (run / "config.json").exists():
-        return load_llava(run)
-    info = RunInfo.load(run)
-    if not (run / "adapter").is_dir() or info is None or not info.base:
-        raise ExtractionEvalError(f"{run} holds neither a model (config.json) nor an adapter with its base model; "
-                                  "give the directory `vlx finetune` or `vlx export` wrote")
-    from peft import PeftModel
-
-    base = Path(info.base)
-    if not base.is_absolute() and not base.exists():
-        base = run / base
-    model, processor = load_llava(base)
-    return PeftModel.from_pretrained(model, run / "adapter").eval(), processor
-
-
-def extraction_prompt(template: str, format_prompt: str, instruction: str | None = None) -> str:
-    """The prompt for one row, laid out as LLaVA-1.5's task questions: the image, the row's own
-    instruction if it has one, then the task's response-format prompt."""
-    user = f"{IMAGE_TOKEN}\n" + (f"{instruction}\n" if instruction else "") + format_prompt
-    return prompt_text(template, [Turn(user=user, assistant=None)])
-
-
 def evaluate_run(model: str | Path, data: str | Path, *, chat_data: str | Path | None = None,
                  out_dir: str | Path | None = None, limit: int | None = None, batch_size: int = 8,
                  max_new_tokens: int | None = None) -> dict:
-    """Extract from every row of `data` with the run's constrained decoder and score the fields.
+    """Extract from every row of `data` the way `vlx.load(RUN).extract_many` does, and score the fields.
 
-    The schema, the response-format prompt (`RUN/format_prompt.txt`, else derived from the
-    schema) and the template come from the run. A row the decoder cannot turn into a valid
-    instance counts as schema-invalid and as an empty answer on every field.
+    The rows are validated against the run's schema before the model is loaded. A row the
+    decoder cannot turn into a valid instance counts as schema-invalid and as an empty answer on
+    every field.
 
     >>> report = evaluate_run("runs/poi", "data/poi/test.jsonl", out_dir="runs/poi/eval")  # doctest: +SKIP
     >>> report["fields"]["pois[].category"]["accuracy"], report["schema_valid_rate"]  # doctest: +SKIP
     """
-    from vlx.decode import ConstrainedDecoder, DecodeConfig, ExtractionError
-    from vlx.schema import format_prompt
+    from vlx.api import load
+    from vlx.decode import ExtractionError
 
-    run = Path(model)
-    Schema = load_run_schema(run)
+    Schema = load_run_schema(model)
     rows = load_gold(data, Schema, limit=limit)
-    info = RunInfo.load(run)
-    fmt_file = run / "format_prompt.txt"
-    fmt = fmt_file.read_text().strip() if fmt_file.exists() else format_prompt(Schema)
-    template = info.template if info and info.template != "plain" else "vicuna_v1"
-    llava, processor = load_run_model(run)
-
-    decoder = ConstrainedDecoder(llava, processor, Schema, template=template,
-                                 config=DecodeConfig(batch_size=batch_size, max_new_tokens=max_new_tokens))
-    prompts = [extraction_prompt(template, fmt, r.prompt) for r in rows]
+    extractor = load(model, batch_size=batch_size, max_new_tokens=max_new_tokens)
     started = time.perf_counter()
-    results = []
-    chunk = batch_size * 8  # images are opened a chunk at a time
-    for i in range(0, len(rows), chunk):
-        images = [Image.open(r.image).convert("RGB") for r in rows[i:i + chunk]]
-        results += decoder.decode(prompts[i:i + chunk], images, sources=[str(r.image) for r in rows[i:i + chunk]])
+    results = extractor.extract_many([r.image for r in rows])
     seconds = time.perf_counter() - started
     if chat_data is not None:
         log.warning("chat retention (%s) is not measured by this version of `vlx eval`; only extraction is", chat_data)
@@ -153,5 +108,4 @@ def evaluate_run(model: str | Path, data: str | Path, *, chat_data: str | Path |
     return evaluate_predictions(predictions, rows, Schema, out_dir=out_dir, seconds=seconds, errors=errors)
 
 
-__all__ = ["ExtractionEvalError", "load_run_schema", "load_run_model", "load_gold", "extraction_prompt",
-           "evaluate_predictions", "evaluate_run"]
+__all__ = ["ExtractionEvalError", "load_run_schema", "load_gold", "evaluate_predictions", "evaluate_run"]
