@@ -532,25 +532,18 @@ def build_prompts(name: str, items: list[Item], template: str) -> list[str]:
 def _resolve_model(model, template: str | None):
     """-> (model, processor, template, label) from a run directory or a (model, processor) pair."""
     if isinstance(model, (str, Path)):
-        import torch
+        from vlx.api import load
 
-        from vlx.device import device, resolve_precision
-        from vlx.model import load_llava
-
-        info = RunInfo.load(model)
-        if info is not None and info.kind == "finetune":
-            raise BenchmarkError(f"{model} is a LoRA fine-tune run: benchmark a base run, or `vlx export` it first")
-        llava, processor = load_llava(model)
-        dtype = torch.bfloat16 if resolve_precision("auto") == "bf16" else torch.float32
-        llava = llava.to(device(), dtype)
-        template = template or (info.template if info else None)
-        label = str(model)
+        # The loader users call: base runs, exports, fine-tune runs (adapter merged) and llava-hf checkpoints.
+        extractor = load(model)
+        llava, processor, label = extractor.model, extractor.processor, str(model)
+        template = template or extractor.template
     else:
         llava, processor = model
         label = type(llava).__name__
     if template in (None, "plain"):
-        # LLaVA's eval scripts prompt every model, stage-1 ones included, with the conversation
-        # template; `plain` would drop the question and keep only the image.
+        # LLaVA's eval scripts prompt every model, stage-1 and foreign checkpoints included, with the
+        # conversation template; `plain` would drop the question and keep only the image.
         template = "vicuna_v1"
     return llava, processor, template, label
 
