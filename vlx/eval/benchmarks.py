@@ -35,7 +35,7 @@ from vlx.data.templates import Turn, prompt_text
 from vlx.eval import scoring
 from vlx.eval.xlsx import write_xlsx
 from vlx.model.llava import IMAGE_TOKEN
-from vlx.run import RunInfo, atomic_dir
+from vlx.run import atomic_dir
 
 log = logging.getLogger(__name__)
 
