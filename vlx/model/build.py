@@ -28,7 +28,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from vlx.config import ModelConfig
 from vlx.data.templates import JINJA
-from vlx.model import tiny
+from vlx.model import smol, tiny
 from vlx.model.llava import IMAGE_TOKEN, init_projector, llava_config, llava_processor
 from vlx.model.presets import get_preset
 
@@ -56,12 +56,22 @@ def _check_path(source: str, what: str) -> None:
                              f"the {what} (config.json + weights), a hub id, or the preset name 'tiny'.")
 
 
+def _smol_dir(make) -> str:
+    """The `smol` preset's cached weights (`vlx.model.smol`), fetched or trained on first use."""
+    try:
+        return str(make())
+    except smol.SmolError as e:
+        raise ModelLoadError(str(e)) from e
+
+
 def _load_vision(source: str, seed: int):
     """-> (CLIPVisionModel, image_mean, image_std)."""
     if source == "tiny":
         with torch.random.fork_rng():
             torch.manual_seed(seed + 1)
             return CLIPVisionModel(tiny.tiny_vision_config()).eval(), None, None
+    if source == "smol-clip":
+        source = _smol_dir(smol.vision_dir)
     _check_path(source, "vision tower")
     try:
         tower = CLIPVisionModel.from_pretrained(source)
@@ -86,6 +96,8 @@ def _load_llm(source: str, gguf_file: str | None, seed: int):
             torch.manual_seed(seed + 2)
             lm = AutoModelForCausalLM.from_config(tiny.tiny_text_config(len(tokenizer)))
         return lm, tokenizer
+    if source == "smol":
+        source = _smol_dir(smol.llm_dir)
     _check_path(source, "LLM")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:

