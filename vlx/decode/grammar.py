@@ -32,6 +32,14 @@ _BYTES_PER_CHAR = 4
 _META = set("\\.+*?()|[]{}^$")
 
 
+_YEAR = "([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+_LEAP_YEAR = "([0-9]{2}(0[48]|[2468][048]|[13579][26])|([2468][048]|[13579][26]|0[48])00)"
+# ISO dates that exist. outlines_core's DATE admits 2024-02-31 and, through `\d`, non-ASCII
+# digits, both of which pydantic rejects.
+DATE = (f"({_YEAR}-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|{_YEAR}-(0[469]|11)-(0[1-9]|[12][0-9]|30)"
+        f"|{_YEAR}-02-(0[1-9]|1[0-9]|2[0-8])|{_LEAP_YEAR}-02-29)")
+
+
 @dataclass(frozen=True)
 class Grammar:
     regex: str
@@ -88,6 +96,8 @@ def _node(node: dict) -> tuple[str, int]:
         body = item + rest
         return r"\[" + (body if lo > 0 else f"({body})?") + r"\]", 2 + hi * n + (hi - 1)
     if kind == "string":
+        if node.get("format") == "date":
+            return f'"{DATE}"', 12
         regex = build_regex_from_schema(json.dumps(node), "")
         if "format" in node:
             chars = FORMATS[node["format"]]
