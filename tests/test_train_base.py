@@ -155,8 +155,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(colour_data, tmp_pat
               "--global-batch-size", "4", "--per-device-batch-size", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VLX_PRECISION": "fp32"}
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vlx.cli", *common,
+    config = Path(__file__).resolve().parent.parent / "templates" / "accelerate" / "cpu_2proc.yaml"
+    two = subprocess.run([accelerate, "launch", "--config_file", str(config), "-m", "vlx.cli", *common,
                           "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "vlx.cli", *common, "--out", str(tmp_path / "one")],
