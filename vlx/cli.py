@@ -232,6 +232,96 @@ def eval_cmd(
         _fail(str(e))
 
 
+# ---- extract, chat ----------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _image_paths(items: list[Path]) -> list[Path]:
+    """Files as given; folders expanded to their image files (by suffix), sorted."""
+    paths: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            paths += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(item)
+    return paths
+
+
+@app.command("extract")
+def extract_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (a folder means its image files).")],
+    model: Annotated[str, typer.Option("--model", help="A finetune run, an export, or a base model (then give --schema).")],
+    schema: Annotated[Optional[Path], typer.Option(help="Pydantic schema file; default: the one the run was fine-tuned with.")] = None,
+    schema_class: Annotated[Optional[str], typer.Option(help="Class name in --schema when it defines several roots.")] = None,
+    allow_schema_change: Annotated[bool, typer.Option(help="Decode under --schema even if the run was fine-tuned with another.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per generation batch.")] = 8,
+    backend: Annotated[Optional[str], typer.Option(help="Decoding backend: outlines_core (default), outlines, or none (unconstrained ablation).")] = None,
+    temperature: Annotated[float, typer.Option(help="0 decodes greedily; above 0 samples.")] = 0.0,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Token budget; default: derived from the schema's bounds.")] = None,
+):
+    """Print one JSON object per image and line: {"image", "result"} or {"image", "error"}; exit 1 if any failed."""
+    import json
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from vlx.api import load
+    from vlx.decode import ExtractionError
+    from vlx.schema import SchemaError, load_schema
+
+    paths = _image_paths(images)
+    if not paths:
+        _fail("no image files found in the given paths (looked for " + ", ".join(IMAGE_SUFFIXES) + ")")
+    options = {k: v for k, v in dict(backend=backend, temperature=temperature, seed=seed,
+                                     max_new_tokens=max_new_tokens).items() if v is not None}
+    try:
+        Schema = load_schema(schema, schema_class) if schema is not None else None
+        extractor = load(model)
+        failed = 0
+        progress = Progress(TextColumn("extracting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=Console(stderr=True), transient=True, disable=len(paths) < 2)
+        with progress:
+            task = progress.add_task("extract", total=len(paths))
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start:start + batch_size]
+                results = extractor.extract_many(chunk, Schema, batch_size=batch_size,
+                                                 allow_schema_change=allow_schema_change, **options)
+                for path, result in zip(chunk, results):
+                    if isinstance(result, ExtractionError):
+                        failed += 1
+                        line = {"image": str(path), "error": str(result)}
+                    else:
+                        line = {"image": str(path), "result": result.model_dump(mode="json")}
+                    typer.echo(json.dumps(line, ensure_ascii=False))
+                progress.advance(task, len(chunk))
+    except (*_user_errors(), SchemaError, ValueError) as e:
+        _fail(str(e))
+    if failed:
+        typer.secho(f"{failed} of {len(paths)} image(s) failed", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+
+
+@app.command("chat")
+def chat_cmd(
+    message: Annotated[str, typer.Argument(help="What to ask.")],
+    model: Annotated[str, typer.Option("--model", help="Run directory or LLaVA checkpoint directory.")],
+    image: Annotated[Optional[Path], typer.Option(help="Image the message is about.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 decodes greedily; above 0 samples.")] = 0.0,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+):
+    """Ask the model anything, with or without an image: its chat mode (no format prompt, no grammar)."""
+    from vlx.api import ImageError, load
+
+    try:
+        answer = load(model).chat(image, message, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    except (*_user_errors(), ImageError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(answer)
+
+
 def main() -> None:
     app()
 
