@@ -142,7 +142,7 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
-        item = {"input_ids": ex.input_ids, "labels": ex.labels, "pixel_values": None}
+        item = {"input_ids": ex.input_ids, "labels": ex.labels, "pixel_values": None, "source": ex.source}
         if ex.has_image:
             img = open_image(ex.image, origin=ex.origin)
             # (3, S, S): pad-to-square / resize / normalise as stored in the processor.
@@ -152,9 +152,13 @@ class LlavaDataset(torch.utils.data.Dataset):
 
 @dataclass
 class Collator:
-    """Right-pads a batch; stacks pixel values of the rows that have an image (in row order)."""
+    """Right-pads a batch; stacks pixel values of the rows that have an image (in row order).
+
+    With `sources`, each row's data source is passed on as `source_ids` for per-source loss logging.
+    """
 
     pad_token_id: int
+    sources: tuple[str, ...] | None = None
 
     def __call__(self, batch: list[dict]) -> dict:
         width = max(len(b["input_ids"]) for b in batch)
@@ -170,4 +174,6 @@ class Collator:
         pixels = [b["pixel_values"] for b in batch if b["pixel_values"] is not None]
         if pixels:
             out["pixel_values"] = torch.stack(pixels)  # (n_images, 3, S, S)
+        if self.sources is not None:
+            out["source_ids"] = torch.tensor([self.sources.index(b["source"]) for b in batch])
         return out

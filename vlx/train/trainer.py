@@ -9,7 +9,8 @@ needs, and this subclass adds:
 - checkpoints that appear atomically: the Trainer writes `checkpoint-N` in place, so a kill
   during a save leaves a directory `--resume` would pick up; here it is written under a staging
   folder and renamed when complete;
-- `metrics.jsonl` with the stage name, written by a callback;
+- `metrics.jsonl` with the stage name, written by a callback, and the loss of each data source
+  (`loss_extraction`, `loss_chat`) when the collator passes `source_ids`;
 - resumption that restores the weights: transformers 5 saves LLaVA checkpoints with its
   key-conversion mapping (`language_model.model.*`) but `Trainer._load_from_checkpoint` loads
   them with a raw `load_state_dict`, so every key misses and training silently continues from
@@ -26,20 +27,53 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from vlx.data.sampler import ModalityLengthSampler
+from vlx.data.templates import IGNORE_INDEX
 
 PROJECTOR_PREFIX = "multi_modal_projector"
 
 
 class LlavaTrainer(Trainer):
     def __init__(self, *args, projector_lr: float | None = None, modality_lengths: list[int] | None = None,
-                 **kwargs):
+                 source_names: tuple[str, ...] | None = None, **kwargs):
         self.projector_lr = projector_lr
         self.modality_lengths = modality_lengths
+        self.source_names = source_names
+        self._source_loss = torch.zeros(len(source_names or ()), dtype=torch.float64)
+        self._source_tokens = torch.zeros(len(source_names or ()), dtype=torch.float64)
         super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        source_ids = inputs.pop("source_ids", None)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if source_ids is not None and model.training:
+            self._track_source_loss(outputs.logits, inputs["labels"], source_ids)
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _track_source_loss(self, logits, labels, source_ids) -> None:
+        # Row by row: a (batch, length, vocab) float copy of the logits would double peak memory.
+        for row in range(labels.shape[0]):
+            target = labels[row, 1:]
+            mask = target != IGNORE_INDEX
+            if not mask.any():
+                continue
+            token_loss = F.cross_entropy(logits[row, :-1][mask].float(), target[mask], reduction="sum")
+            self._source_loss[source_ids[row]] += token_loss.item()
+            self._source_tokens[source_ids[row]] += mask.sum().item()
+
+    def log(self, logs, *args, **kwargs):
+        if self.source_names and "loss" in logs:
+            for i, name in enumerate(self.source_names):
+                if self._source_tokens[i]:
+                    logs[f"loss_{name}"] = round((self._source_loss[i] / self._source_tokens[i]).item(), 4)
+            self._source_loss.zero_()
+            self._source_tokens.zero_()
+        super().log(logs, *args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.modality_lengths is None:
