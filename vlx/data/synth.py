@@ -570,7 +570,7 @@ def synth_instruct(
             rng = _rng(seed, "instruct", i)
             row: dict = {"id": f"instruct-{i:06d}", "source": source}
             if source == "text":
-                row["conversations"] = _text_conversation(rng, int(rng.integers(1, 4)))
+                row["conversations"] = _text_conversation(rng, int(rng.integers(1, 3)))
             else:
                 scene = _sample_shape_scene(rng)
                 row["image"] = f"images/instruct_{i:06d}.png"
@@ -590,11 +590,14 @@ def synth_instruct(
 
 
 def _image_conversation(rng: np.random.Generator, source: str, scene: ShapeScene) -> list[dict]:
+    # Turns per row are kept few so that a row fits small models' context (tiny: 256 tokens).
     questions = _shape_questions(rng, scene)
-    picked = [questions[j] for j in rng.permutation(len(questions))[: int(rng.integers(1, 4))]]
+    turns = int(rng.integers(1, {"vqa": 3, "mc": 2, "conversation": 4}[source]))
     conv: list[dict] = []
-    if source == "conversation" and rng.random() < 0.5:
+    if source == "conversation" and len(scene.shapes) <= 3 and rng.random() < 0.5:
         conv += [{"from": "human", "value": "Describe this image in detail."}, {"from": "gpt", "value": _description(scene)}]
+        turns = 1
+    picked = [questions[j] for j in rng.permutation(len(questions))[:turns]]
     for q in picked:
         if source == "vqa":
             text, answer = q.text, q.answer
@@ -658,11 +661,18 @@ MIN_TEXT_PX = 10
 """Smallest font size (pixels of the final image) any ground-truth text is drawn at."""
 
 
+def _compound(rng: np.random.Generator) -> str:
+    """A place-like word from two parts: Oak + field -> Oakfield (never Wood + wood)."""
+    prefix = str(_choice(rng, PREFIXES))
+    suffix = str(_choice(rng, [s for s in SUFFIXES if s != prefix.lower()]))
+    return prefix + suffix
+
+
 def _business_name(rng: np.random.Generator, category: str) -> str:
     word = str(_choice(rng, CATEGORIES[category][0]))
     pattern = int(rng.integers(8))
     adj, noun, person = str(_choice(rng, ADJECTIVES)), str(_choice(rng, NOUNS)), str(_choice(rng, PEOPLE))
-    compound = str(_choice(rng, PREFIXES)) + str(_choice(rng, SUFFIXES))
+    compound = _compound(rng)
     name = (
         f"{adj} {noun}",
         f"{adj} {noun} {word}",
@@ -1151,7 +1161,7 @@ def _street_scene(rng: np.random.Generator, S: int, styles: list[TextStyle]) -> 
     top = 0.0
     protected: list = []
     if n and rng.random() < 0.35:
-        street = f"{_choice(rng, PREFIXES + NOUNS)}{_choice(rng, SUFFIXES) if rng.random() < 0.4 else ''} {_choice(rng, STREET_TYPES)}"
+        street = f"{_compound(rng) if rng.random() < 0.4 else _choice(rng, PREFIXES + NOUNS)} {_choice(rng, STREET_TYPES)}"
         top = max(MIN_TEXT_PX + 8, S * 0.055) + S * 0.025
     if n == 0:
         _residential(img, rng, (0, 0, S, walk), S, 0.0, _choice(rng, styles))
@@ -1282,22 +1292,22 @@ def _street_chat(rng: np.random.Generator, pois: list[dict]) -> list[tuple[str, 
             ("Are there any shops here?", "No, there are no shops in this picture, only a residential building."),
         ]
     shops = [f'{_a(CATEGORY_WORDS[p["category"]])} called "{p["name"]}"' for p in pois]
-    first = f"The picture shows a street with {_join(shops)}."
     street = pois[0]["address"]["street"]
-    if street:
-        first += f" The street sign says {street}."
+    first = f"A street with {_join(shops)}{f' on {street}' if street else ''}."
     turns = [(str(_choice(rng, ("Describe this image.", "What can you see in this picture?", "Tell me about this street."))), first)]
     p = _choice(rng, pois)
-    turns.append((f'What kind of business is "{p["name"]}"?', f'"{p["name"]}" is {_a(CATEGORY_WORDS[p["category"]])}.'))
+    turns.append((f'What kind of business is "{p["name"]}"?', f'It is {_a(CATEGORY_WORDS[p["category"]])}.'))
     if p["open_24h"]:
-        turns.append(("Is it open at night?", "Yes, the sign in the window says it is open 24 hours."))
+        turns.append(("Is it open at night?", "Yes, it is open 24 hours."))
     elif p["opening_hours"]:
         h = p["opening_hours"][0]
         days = DAY_LABEL[h["first_day"]] if h["first_day"] == h["last_day"] else f"{DAY_LABEL[h['first_day']]} to {DAY_LABEL[h['last_day']]}"
-        turns.append(("When is it open?", f"According to the plaque, it opens at {h['opens']} and closes at {h['closes']} from {days}."))
+        turns.append(("When is it open?", f"From {days}, it opens at {h['opens']} and closes at {h['closes']}."))
     if p["phone"]:
         turns.append(("How can I contact them?", f"You can call them at {p['phone']}."))
-    return turns[: 1 + int(rng.integers(1, len(turns)))]
+    # Two turns at most (one when two shops are described), so that a row fits small models'
+    # context (tiny: 256 tokens).
+    return [turns[0]] if len(pois) > 1 else [turns[0], turns[1 + int(rng.integers(len(turns) - 1))]]
 
 
 def synth_chat(out: str | Path, n: int, *, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = None) -> Path:
@@ -1331,8 +1341,8 @@ def synth_chat(out: str | Path, n: int, *, seed: int = 0, image_size: int = DEFA
                     scene = _sample_shape_scene(rng)
                     img = _render_shape_scene(rng, scene, image_size)
                     questions = _shape_questions(rng, scene)
-                    turns = [("Describe this image.", _description(scene))] if rng.random() < 0.5 else []
-                    turns += [(q.text, q.sentence) for q in (questions[j] for j in rng.permutation(len(questions))[:2])]
+                    turns = [("Describe this image.", _description(scene))] if len(scene.shapes) <= 3 and rng.random() < 0.5 else []
+                    turns += [(q.text, q.sentence) for q in (questions[j] for j in rng.permutation(len(questions))[: 2 - len(turns)])]
                 else:
                     img, pois = _street_scene(rng, image_size, styles)
                     turns = _street_chat(rng, pois)
