@@ -116,7 +116,7 @@ class Extractor:
         if not allow_schema_change:
             raise SchemaError(
                 f"{Schema.__name__} differs from the schema {self.path} was fine-tuned with "
-                f"({self.Schema.__name__}); the model was not trained to answer in it. Difference "
+                f"({self.Schema.__name__}); the model was not trained to answer in it. Fields that differ "
                 f"(- run, + given):\n{schema_diff(self.Schema, Schema)}\n"
                 "Pass allow_schema_change=True to decode under the new schema anyway."
             )
@@ -194,10 +194,25 @@ def _source(image: ImageInput, i: int) -> str:
 
 
 def schema_diff(old: type[BaseModel], new: type[BaseModel]) -> str:
-    """A unified diff of two schemas' decoding-relevant JSON Schemas."""
-    a = json.dumps(grammar_schema(old), indent=1, ensure_ascii=False).splitlines()
-    b = json.dumps(grammar_schema(new), indent=1, ensure_ascii=False).splitlines()
-    return "\n".join(difflib.unified_diff(a, b, "run", "given", lineterm="", n=1))
+    """The fields that differ between two schemas, one `path: constraints` line each (- old, + new)."""
+    a, b = _field_lines(grammar_schema(old)), _field_lines(grammar_schema(new))
+    lines = [line for line in difflib.unified_diff(a, b, lineterm="", n=0)
+             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    return "\n".join("  " + line for line in lines)
+
+
+def _field_lines(node: dict, path: str = "") -> list[str]:
+    if node.get("type") == "object":
+        return [line for key, sub in node["properties"].items()
+                for line in _field_lines(sub, f"{path}.{key}" if path else key)]
+    if node.get("type") == "array":
+        head = f"{path}: list of {node['minItems']} to {node['maxItems']}"
+        return [head] + _field_lines(node["items"], f"{path}[]")
+    branches = node.get("anyOf", [])
+    if len(branches) == 2 and {"type": "null"} in branches:
+        other = next(b for b in branches if b != {"type": "null"})
+        return [line + " or null" if i == 0 else line for i, line in enumerate(_field_lines(other, path))]
+    return [f"{path}: {json.dumps(node, ensure_ascii=False, separators=(',', ':'))}"]
 
 
 def _template_of(processor) -> str | None:
