@@ -56,6 +56,12 @@ def test_same_seed_same_bytes(tmp_path, kind):
     assert a.keys() == c.keys() and a != c
 
 
+def test_worker_count_does_not_change_the_output(tmp_path):
+    synth_poi(tmp_path / "one", 6, seed=5, image_size=224, workers=1)
+    synth_poi(tmp_path / "two", 6, seed=5, image_size=224, workers=2)
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+
+
 def test_first_rows_do_not_depend_on_n(tmp_path):
     synth_captions(tmp_path / "small", 3, image_size=64)
     synth_captions(tmp_path / "large", 8, image_size=64)

@@ -166,6 +166,7 @@ def data_synth_cmd(
     seed: Annotated[int, typer.Option(help="Same seed, byte-identical output.")] = 0,
     image_size: Annotated[int, typer.Option(help="Image side in pixels (LLaVA-1.5: 336).")] = 336,
     font: Annotated[Optional[list[Path]], typer.Option("--font", help="poi: an extra TTF file to draw with (repeatable); output then depends on it.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes rendering in parallel; the output is the same for any number.")] = 1,
 ):
     """Write deterministic synthetic images and LLaVA-format data (see `vlx.data.synth`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -182,8 +183,8 @@ def data_synth_cmd(
     try:
         with Progress(*columns) as bar:
             task = bar.add_task(f"synth {kind}", total=image_count(kind, n))
-            result = synth(kind, out, n, seed=seed, image_size=image_size, progress=lambda: bar.advance(task),
-                           **({"fonts": font} if font else {}))
+            result = synth(kind, out, n, seed=seed, image_size=image_size, workers=workers,
+                           progress=lambda: bar.advance(task), **({"fonts": font} if font else {}))
     except (ValueError, OSError) as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2)

@@ -4,7 +4,8 @@
 
 Every sample draws from its own random generator, seeded by `(seed, kind, index)`: the same seed
 gives byte-identical files (with the same Pillow version), and the first k samples of a large set
-equal a set of size k. Text is drawn with Pillow's built-in scalable font
+equal a set of size k, and any number of worker processes (`workers=`, `--workers`) writes the
+same files. Text is drawn with Pillow's built-in scalable font
 (`ImageFont.load_default(size=...)`), so the output does not depend on the fonts a machine has;
 extra TTF files can be passed explicitly (`fonts=`, `--font`).
 
@@ -54,8 +55,9 @@ import importlib.util
 import json
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -481,7 +483,44 @@ def _check(n: int, image_size: int, min_size: int) -> None:
         raise ValueError(f"--image-size {image_size}: use at least {min_size} px so text stays legible")
 
 
-def synth_captions(out: str | Path, n: int, *, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = None) -> Path:
+def _run(make_row: Callable[[int], dict], n: int, workers: int, progress: Progress) -> list[dict]:
+    """Rows 0..n-1 in order. Each row has its own generator, so any worker count gives the same bytes."""
+    if workers < 1:
+        raise ValueError(f"--workers {workers}: use 1 or more")
+    if workers == 1:
+        results = map(make_row, range(n))
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(make_row, range(n), chunksize=max(1, min(32, n // (4 * workers))))
+    rows = []
+    try:
+        for row in results:
+            rows.append(row)
+            if progress and "image" in row:
+                progress()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return rows
+
+
+def _caption_row(out: Path, seed: int, image_size: int, i: int) -> dict:
+    rng = _rng(seed, "captions", i)
+    scene = _sample_shape_scene(rng)
+    name = f"images/captions_{i:06d}.png"
+    _save_png(_render_shape_scene(rng, scene, image_size), out / name)
+    instruction = str(_choice(rng, CAPTION_INSTRUCTIONS))
+    return {
+        "id": f"captions-{i:06d}",
+        "image": name,
+        "conversations": [{"from": "human", "value": f"<image>\n{instruction}"}, {"from": "gpt", "value": _caption(scene)}],
+    }
+
+
+def synth_captions(
+    out: str | Path, n: int, *, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, progress: Progress = None
+) -> Path:
     """Write `n` caption pairs (LLaVA stage 1) to `out/data.json` and `out/images/`.
 
     Example:
@@ -490,22 +529,7 @@ def synth_captions(out: str | Path, n: int, *, seed: int = 0, image_size: int = 
     """
     _check(n, image_size, 48)
     out = _prepare(out)
-    rows = []
-    for i in range(n):
-        rng = _rng(seed, "captions", i)
-        scene = _sample_shape_scene(rng)
-        name = f"images/captions_{i:06d}.png"
-        _save_png(_render_shape_scene(rng, scene, image_size), out / name)
-        instruction = str(_choice(rng, CAPTION_INSTRUCTIONS))
-        rows.append(
-            {
-                "id": f"captions-{i:06d}",
-                "image": name,
-                "conversations": [{"from": "human", "value": f"<image>\n{instruction}"}, {"from": "gpt", "value": _caption(scene)}],
-            }
-        )
-        if progress:
-            progress()
+    rows = _run(partial(_caption_row, out, seed, image_size), n, workers, progress)
     _write_json(out / "data.json", rows)
     return out / "data.json"
 
@@ -537,6 +561,19 @@ def _mc(rng: np.random.Generator, question: str, answer: str, pool: Sequence[str
     return text, letters[options.index(answer)]
 
 
+def _instruct_row(out: Path, seed: int, image_size: int, plan: list[str], i: int) -> dict:
+    rng = _rng(seed, "instruct", i)
+    row: dict = {"id": f"instruct-{i:06d}", "source": plan[i]}
+    if plan[i] == "text":
+        row["conversations"] = _text_conversation(rng, int(rng.integers(1, 3)))
+        return row
+    scene = _sample_shape_scene(rng)
+    row["image"] = f"images/instruct_{i:06d}.png"
+    _save_png(_render_shape_scene(rng, scene, image_size), out / row["image"])
+    row["conversations"] = _image_conversation(rng, plan[i], scene)
+    return row
+
+
 def synth_instruct(
     out: str | Path,
     n: int,
@@ -544,6 +581,7 @@ def synth_instruct(
     seed: int = 0,
     image_size: int = DEFAULT_IMAGE_SIZE,
     mix: dict[str, float] | None = None,
+    workers: int = 1,
     progress: Progress = None,
 ) -> Path:
     """Write `n` instruction rows (LLaVA stage 2) as per-source files, `data.json` and `mixture.yaml`.
@@ -564,22 +602,9 @@ def synth_instruct(
     out = _prepare(out)
     counts = _split_counts(n, shares)
     by_source: dict[str, list[dict]] = {k: [] for k in counts if counts[k]}
-    i = 0
-    for source, count in counts.items():
-        for _ in range(count):
-            rng = _rng(seed, "instruct", i)
-            row: dict = {"id": f"instruct-{i:06d}", "source": source}
-            if source == "text":
-                row["conversations"] = _text_conversation(rng, int(rng.integers(1, 3)))
-            else:
-                scene = _sample_shape_scene(rng)
-                row["image"] = f"images/instruct_{i:06d}.png"
-                _save_png(_render_shape_scene(rng, scene, image_size), out / row["image"])
-                row["conversations"] = _image_conversation(rng, source, scene)
-                if progress:
-                    progress()
-            by_source[source].append(row)
-            i += 1
+    plan = [source for source, count in counts.items() for _ in range(count)]
+    for row in _run(partial(_instruct_row, out, seed, image_size, plan), n, workers, progress):
+        by_source[row["source"]].append(row)
     sources = []
     for source, rows in by_source.items():
         _write_json(out / f"{source}.json", rows)
@@ -1229,6 +1254,14 @@ def _styles(fonts: Sequence[str | Path]) -> list[TextStyle]:
     return styles
 
 
+def _poi_row(out: Path, seed: int, image_size: int, styles: list[TextStyle], i: int) -> dict:
+    rng = _rng(seed, "poi", i)
+    img, pois = _street_scene(rng, image_size, styles)
+    name = f"images/poi_{i:06d}.png"
+    _save_png(img, out / name)
+    return {"image": name, "target": {"pois": pois}}
+
+
 def synth_poi(
     out: str | Path,
     n: int,
@@ -1238,6 +1271,7 @@ def synth_poi(
     splits: tuple[float, float, float] = (0.8, 0.1, 0.1),
     fonts: Sequence[str | Path] = (),
     schema: str | Path | None = None,
+    workers: int = 1,
     progress: Progress = None,
 ) -> dict[str, Path]:
     """Write `n` street scenes with `StreetScene` targets as `train/val/test.jsonl` under `out`.
@@ -1256,18 +1290,13 @@ def synth_poi(
     out = _prepare(out)
     n_val, n_test = round(n * splits[1] / sum(splits)), round(n * splits[2] / sum(splits))
     bounds = {"train": (0, n - n_val - n_test), "val": (n - n_val - n_test, n - n_test), "test": (n - n_test, n)}
+    rows = _run(partial(_poi_row, out, seed, image_size, styles), n, workers, progress)
     paths = {}
     for split, (lo, hi) in bounds.items():
         lines = []
-        for i in range(lo, hi):
-            rng = _rng(seed, "poi", i)
-            img, pois = _street_scene(rng, image_size, styles)
-            target = street_scene.model_validate({"pois": pois}).model_dump(mode="json")
-            name = f"images/poi_{i:06d}.png"
-            _save_png(img, out / name)
-            lines.append(json.dumps({"image": name, "target": target}, ensure_ascii=False, separators=(",", ":")))
-            if progress:
-                progress()
+        for row in rows[lo:hi]:
+            row["target"] = street_scene.model_validate(row["target"]).model_dump(mode="json")
+            lines.append(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
         paths[split] = out / f"{split}.jsonl"
         paths[split].write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return paths
@@ -1310,7 +1339,36 @@ def _street_chat(rng: np.random.Generator, pois: list[dict]) -> list[tuple[str, 
     return [turns[0]] if len(pois) > 1 else [turns[0], turns[1 + int(rng.integers(len(turns) - 1))]]
 
 
-def synth_chat(out: str | Path, n: int, *, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, progress: Progress = None) -> Path:
+def _chat_row(out: Path, seed: int, image_size: int, plan: list[str], i: int) -> dict:
+    rng = _rng(seed, "chat", i)
+    source = plan[i]
+    row: dict = {"id": f"chat-{i:06d}", "source": source}
+    if source == "greeting":
+        q, a = _choice(rng, GREETINGS)
+        row["conversations"] = [{"from": "human", "value": q}, {"from": "gpt", "value": a}] + _text_conversation(rng, int(rng.integers(0, 2)))
+        return row
+    if source == "knowledge":
+        row["conversations"] = _text_conversation(rng, int(rng.integers(1, 3)))
+        return row
+    if source == "image_chat":
+        scene = _sample_shape_scene(rng)
+        img = _render_shape_scene(rng, scene, image_size)
+        questions = _shape_questions(rng, scene)
+        turns = [("Describe this image.", _description(scene))] if len(scene.shapes) <= 3 and rng.random() < 0.5 else []
+        turns += [(q.text, q.sentence) for q in (questions[j] for j in rng.permutation(len(questions))[: 2 - len(turns)])]
+    else:
+        img, pois = _street_scene(rng, image_size, [TextStyle()])
+        turns = _street_chat(rng, pois)
+    row["image"] = f"images/chat_{i:06d}.png"
+    _save_png(img, out / row["image"])
+    row["conversations"] = [{"from": r, "value": v} for q, a in turns for r, v in (("human", q), ("gpt", a))]
+    row["conversations"][0]["value"] = "<image>\n" + row["conversations"][0]["value"]
+    return row
+
+
+def synth_chat(
+    out: str | Path, n: int, *, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, progress: Progress = None
+) -> Path:
     """Write `n` general conversations without format prompts to `out/data.json`.
 
     Sources (the `source` key of each row): `greeting` and `knowledge` (text only, fixed answers),
@@ -1324,36 +1382,9 @@ def synth_chat(out: str | Path, n: int, *, seed: int = 0, image_size: int = DEFA
     """
     _check(n, image_size, 160)
     out = _prepare(out)
-    styles = _styles(())
     rows = []
-    i = 0
-    for source, count in _split_counts(n, CHAT_SOURCES).items():
-        for _ in range(count):
-            rng = _rng(seed, "chat", i)
-            row: dict = {"id": f"chat-{i:06d}", "source": source}
-            if source == "greeting":
-                q, a = _choice(rng, GREETINGS)
-                row["conversations"] = [{"from": "human", "value": q}, {"from": "gpt", "value": a}] + _text_conversation(rng, int(rng.integers(0, 2)))
-            elif source == "knowledge":
-                row["conversations"] = _text_conversation(rng, int(rng.integers(1, 3)))
-            else:
-                if source == "image_chat":
-                    scene = _sample_shape_scene(rng)
-                    img = _render_shape_scene(rng, scene, image_size)
-                    questions = _shape_questions(rng, scene)
-                    turns = [("Describe this image.", _description(scene))] if len(scene.shapes) <= 3 and rng.random() < 0.5 else []
-                    turns += [(q.text, q.sentence) for q in (questions[j] for j in rng.permutation(len(questions))[: 2 - len(turns)])]
-                else:
-                    img, pois = _street_scene(rng, image_size, styles)
-                    turns = _street_chat(rng, pois)
-                row["image"] = f"images/chat_{i:06d}.png"
-                _save_png(img, out / row["image"])
-                row["conversations"] = [{"from": r, "value": v} for q, a in turns for r, v in (("human", q), ("gpt", a))]
-                row["conversations"][0]["value"] = "<image>\n" + row["conversations"][0]["value"]
-                if progress:
-                    progress()
-            rows.append(row)
-            i += 1
+    plan = [source for source, count in _split_counts(n, CHAT_SOURCES).items() for _ in range(count)]
+    rows = _run(partial(_chat_row, out, seed, image_size, plan), n, workers, progress)
     _write_json(out / "data.json", rows)
     return out / "data.json"
 
