@@ -66,7 +66,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 KINDS = ("captions", "instruct", "poi", "chat")
 DEFAULT_IMAGE_SIZE = 336
-"""LLaVA-1.5's CLIP resolution; street scenes stay legible down to 224 px, shape scenes to 48 px."""
+"""LLaVA-1.5's CLIP resolution; street scenes stay legible down to 224 px, shape scenes to 64 px."""
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 MC_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -527,7 +527,7 @@ def synth_captions(
         >>> synth_captions("data/stage1", 1000, seed=0)  # doctest: +SKIP
         PosixPath('data/stage1/data.json')
     """
-    _check(n, image_size, 48)
+    _check(n, image_size, 64)
     out = _prepare(out)
     rows = _run(partial(_caption_row, out, seed, image_size), n, workers, progress)
     _write_json(out / "data.json", rows)
@@ -594,7 +594,7 @@ def synth_instruct(
         >>> synth_instruct("data/stage2", 1000, seed=0)  # doctest: +SKIP
         PosixPath('data/stage2/mixture.yaml')
     """
-    _check(n, image_size, 48)
+    _check(n, image_size, 64)
     shares = {k: v for k, (v, _) in INSTRUCT_SOURCES.items()} if mix is None else dict(mix)
     unknown = set(shares) - set(INSTRUCT_SOURCES)
     if unknown:
