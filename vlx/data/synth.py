@@ -732,14 +732,14 @@ def _website(name: str, rng: np.random.Generator) -> str | None:
 def _hours(rng: np.random.Generator, category: str) -> list[dict]:
     base_open, base_close = CATEGORIES[category][2]
 
-    def hhmm(h: float) -> str:
-        minutes = int(round(h * 4)) * 15 % (24 * 60 // 15 * 15)
-        return f"{(minutes // 60) % 24:02d}:{minutes % 60:02d}" if minutes < 24 * 60 else "00:00"
+    def hhmm(hours: float) -> str:
+        minutes = round(hours * 60) % (24 * 60)  # a bar closing at 26.0 closes at 02:00
+        return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
     def span(extra_open: float = 0.0, extra_close: float = 0.0) -> tuple[str, str]:
         o = base_open + float(rng.choice([-1, -0.5, 0, 0, 0.5, 1])) + extra_open
         c = base_close + float(rng.choice([-1, -0.5, 0, 0, 0.5, 1])) + extra_close
-        return hhmm(o % 24), hhmm(c % 24)
+        return hhmm(o), hhmm(c)
 
     pattern = int(rng.integers(5))
     if pattern == 0:
