@@ -218,7 +218,8 @@ def test_format_prompt_describes_task_fields_and_enums():
     text = format_prompt(StreetScene)
     assert text.startswith("Every storefront visible in the image")
     assert "cafe|restaurant|bakery" in text and "mon|tue|wed" in text
-    assert '"name": text up to 40 chars (as written on the sign)' in text
+    assert "name: text (max 40; as written on the sign)" in text
+    assert "house_number: text like [0-9]{1,4}[a-z]? or null" in text and "phone: text or null" in text
     assert "list of up to 3" in text and "Use null" in text
     assert format_prompt(StreetScene, task="Read the shop signs.").splitlines()[0] == "Read the shop signs."
 

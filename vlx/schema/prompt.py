@@ -7,7 +7,7 @@ plus a compact description of the fields, so the model sees the contract it is d
 
     >>> print(format_prompt(StreetScene))  # doctest: +SKIP
     Every storefront visible in the image, left to right (none is a valid answer).
-    Answer in JSON: {"pois": list of up to 3 {"name": text up to 40 chars (as written on the sign), ...}}.
+    Answer in JSON: {pois: list of up to 3 {name: text (max 40; as written on the sign), ...}}.
     Use null for what is not visible.
 """
 
@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from vlx.schema.load import inline
 
 DEFAULT_TASK = "Extract the information shown in the image."
+MAX_PATTERN_SHOWN = 20
 
 
 def format_prompt(Schema: type[BaseModel], task: str | None = None) -> str:
@@ -44,7 +45,7 @@ def _describe(node: dict, top: bool = False) -> str:
         return "one of " + "|".join(v if isinstance(v, str) else json.dumps(v) for v in node["enum"]) + note
     kind = node.get("type")
     if kind == "object":
-        fields = ", ".join(f"{json.dumps(k)}: {_describe(v)}" for k, v in node["properties"].items())
+        fields = ", ".join(f"{k}: {_describe(v)}" for k, v in node["properties"].items())
         return "{" + fields + "}" + note
     if kind == "array":
         lo, hi = node["minItems"], node["maxItems"]
@@ -54,9 +55,12 @@ def _describe(node: dict, top: bool = False) -> str:
         if "format" in node:
             return {"date": "date YYYY-MM-DD", "uuid": "UUID"}[node["format"]] + note
         if "pattern" in node and not note:
-            return f"text matching {node['pattern']}"
+            # Short patterns tell the model the format; long ones cost prompt tokens on every
+            # image, and the grammar enforces them anyway.
+            pattern = node["pattern"].removeprefix("^").removesuffix("$")
+            return f"text like {pattern}" if len(pattern) <= MAX_PATTERN_SHOWN else "text"
         if "maxLength" in node:
-            return f"text up to {node['maxLength']} chars" + note
+            return f"text (max {node['maxLength']}{'; ' + node['description'] if note else ''})"
         return "text" + note
     if kind in ("integer", "number"):
         return f"{'integer' if kind == 'integer' else 'number'} {node['minimum']} to {node['maximum']}" + note
