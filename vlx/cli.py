@@ -74,6 +74,9 @@ def train_base_cmd(
     deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed JSON (templates/deepspeed/zero2.json, zero3.json).")] = None,
     fsdp_config: Annotated[Optional[str], typer.Option(help="FSDP config JSON (templates/fsdp/fsdp.json).")] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="DataLoader workers.")] = None,
+    feature_cache: Annotated[Optional[str], typer.Option(help="Directory caching the frozen vision tower's features: later epochs, stages and runs skip the tower.")] = None,
+    no_feature_cache: Annotated[bool, typer.Option(help="Compute tower features every step even if the config file sets a cache.")] = False,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack each micro-batch without padding (same loss; needs SDPA, eager or flash attention).")] = None,
 ):
     """Train a LLaVA-1.5 model: stage 1 aligns the projector, stage 2 tunes projector + LLM."""
     from vlx.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_yaml, merge
@@ -93,7 +96,10 @@ def train_base_cmd(
         data_cfg = merge(DataConfig, yaml_cfg.get("data", {}), dict(
             stage1_data=stage1_data, stage2_data=stage2_data, image_folder=image_folder,
             skip_invalid=skip_invalid or None, truncate=truncate or None,
-            group_by_modality_length=group_by_modality_length, num_workers=num_workers))
+            group_by_modality_length=group_by_modality_length, num_workers=num_workers,
+            feature_cache=feature_cache, packing=packing))
+        if no_feature_cache:
+            data_cfg.feature_cache = None
         p = get_preset(model_cfg.preset)
         shared = dict(max_steps=max_steps, epochs=epochs, global_batch_size=global_batch_size,
                       per_device_batch_size=per_device_batch_size, precision=precision,
@@ -109,6 +115,101 @@ def train_base_cmd(
         _fail(str(e))
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"model written to {run} (loads with LlavaForConditionalGeneration.from_pretrained)")
+
+
+# ---- finetune, export -------------------------------------------------------------------------
+
+@app.command("finetune")
+def finetune_cmd(
+    schema: Annotated[Path, typer.Option(help="Python file defining the pydantic schema (templates/poi.py).")],
+    base: Annotated[Path, typer.Option(help="Base model: a `vlx train-base` run or a vlx-trained LLaVA directory.")],
+    data: Annotated[str, typer.Option(help="JSONL rows {\"image\", \"target\", [\"prompt\"]}.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
+    schema_class: Annotated[Optional[str], typer.Option(help="Class in --schema when it defines several roots.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML with data/train/lora sections (flags override it).")] = None,
+    val_data: Annotated[Optional[str], typer.Option(help="Held-out rows (default: split off --val-fraction).")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of --data held out for validation.")] = None,
+    image_folder: Annotated[Optional[str], typer.Option(help="Folder image paths are relative to.")] = None,
+    chat_data: Annotated[Optional[str], typer.Option(help="Chat replay conversations (LLaVA format); default: a built-in set.")] = None,
+    chat_ratio: Annotated[Optional[float], typer.Option(help="Chat rows per extraction row; 0 disables chat replay.")] = None,
+    format_prompt: Annotated[Optional[str], typer.Option(help="Override the schema-derived format prompt ('' trains without one).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="Task instruction opening the derived format prompt.")] = None,
+    skip_invalid: Annotated[bool, typer.Option(help="Train on valid rows; write the invalid ones to rejected.jsonl.")] = False,
+    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (LLaVA: 128).")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option(help="LoRA alpha (LLaVA: 256).")] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option(help="LoRA dropout (LLaVA: 0.05).")] = None,
+    train_projector: Annotated[Optional[bool], typer.Option("--train-projector/--freeze-projector", help="Train the projector fully (LLaVA: yes).")] = None,
+    load_in_4bit: Annotated[bool, typer.Option(help="QLoRA: 4-bit base (CUDA + bitsandbytes).")] = False,
+    learning_rate: Annotated[Optional[float], typer.Option(help="LoRA learning rate (LLaVA: 2e-4).")] = None,
+    projector_lr: Annotated[Optional[float], typer.Option(help="Projector learning rate (LLaVA: 2e-5).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Passes over the data.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps.")] = None,
+    global_batch_size: Annotated[Optional[int], typer.Option(help="Samples per optimizer step over all processes.")] = None,
+    per_device_batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass per process.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, bf16 or fp32.")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward.")] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="Resumable checkpoint every N steps.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Data order and split seed.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed JSON config.")] = None,
+):
+    """LoRA-fine-tune a base model to answer in SCHEMA's JSON, keeping it fluent in chat."""
+    from vlx.config import FinetuneDataConfig, LoraConfig, TrainConfig, load_yaml, merge
+    from vlx.model.presets import PRESETS
+    from vlx.schema import SchemaError
+    from vlx.train.finetune import finetune
+
+    _setup_logging()
+    try:
+        yaml_cfg = load_yaml(config, {"data": FinetuneDataConfig, "train": TrainConfig, "lora": LoraConfig}) \
+            if config else {}
+        data_cfg = merge(FinetuneDataConfig, yaml_cfg.get("data", {}), dict(
+            data=data, val_data=val_data, val_fraction=val_fraction, image_folder=image_folder,
+            chat_data=chat_data, chat_ratio=chat_ratio, format_prompt=format_prompt, task=task,
+            skip_invalid=skip_invalid or None))
+        preset = _base_preset(base)
+        train_cfg = merge(TrainConfig, PRESETS[preset].finetune, yaml_cfg.get("train", {}), dict(
+            learning_rate=learning_rate, projector_lr=projector_lr, epochs=epochs, max_steps=max_steps,
+            global_batch_size=global_batch_size, per_device_batch_size=per_device_batch_size,
+            precision=precision, gradient_checkpointing=gradient_checkpointing, save_steps=save_steps, seed=seed))
+        lora_cfg = merge(LoraConfig, yaml_cfg.get("lora", {}), dict(
+            r=lora_r, alpha=lora_alpha, dropout=lora_dropout, train_projector=train_projector,
+            load_in_4bit=load_in_4bit or None))
+        run = finetune(base, schema, data_cfg, train_cfg, lora_cfg, out, schema_class=schema_class,
+                       resume=resume, deepspeed=deepspeed)
+    except (*_user_errors(), SchemaError) as e:
+        _fail(str(e))
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"adapter written to {run}/adapter; `vlx extract --model {run} IMAGE` uses it")
+
+
+def _base_preset(base: Path) -> str:
+    """The preset a base run was trained from (its finetune defaults apply); LLaVA-1.5's otherwise."""
+    import yaml
+
+    cfg = base / "config.yaml"
+    if cfg.exists():
+        preset = ((yaml.safe_load(cfg.read_text()) or {}).get("model") or {}).get("preset")
+        from vlx.model.presets import PRESETS
+
+        if preset in PRESETS:
+            return preset
+    return "llava-1.5-7b"
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Option(help="A `vlx finetune` run directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the merged standalone checkpoint.")],
+):
+    """Merge a fine-tune run's adapter into a standalone transformers checkpoint."""
+    from vlx.export import export_merged
+
+    try:
+        path = export_merged(model, out)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(f"merged checkpoint written to {path} (plain transformers loads it; vlx.load keeps its schema)")
 
 
 # ---- data validate ----------------------------------------------------------------------------

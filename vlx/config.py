@@ -65,6 +65,11 @@ class DataConfig:
     """Batches are all-image or all-text (LLaVA-1.5's `group_by_modality_length`)."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    feature_cache: str | None = None
+    """Directory caching the frozen vision tower's features (`vlx.data.feature_cache`); None computes them
+    every step (LLaVA-1.5 does). Epochs, stages and runs over the same images then skip the tower."""
+    packing: bool = False
+    """Pack each micro-batch's samples without padding (`vlx.data.packing`); loss unchanged."""
 
 
 @dataclass
@@ -117,6 +122,56 @@ class TrainConfig:
         return self.global_batch_size // per_step
 
 
+@dataclass
+class LoraConfig:
+    r: int = 128
+    """LoRA rank (LLaVA `finetune_task_lora.sh`: 128)."""
+    alpha: int = 256
+    """LoRA alpha (LLaVA: 256)."""
+    dropout: float = 0.05
+    """LoRA dropout (LLaVA: 0.05)."""
+    train_projector: bool = True
+    """Train the projector fully alongside the adapter (LLaVA: yes, at `projector_lr`)."""
+    load_in_4bit: bool = False
+    """QLoRA: quantize the frozen base to 4 bit (needs a CUDA GPU and bitsandbytes)."""
+
+    def __post_init__(self):
+        if self.r < 1 or self.alpha < 1:
+            raise ConfigError(f"lora r={self.r}, alpha={self.alpha}: both must be >= 1 (LLaVA: 128 and 256)")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora dropout={self.dropout}: must be in [0, 1)")
+
+
+@dataclass
+class FinetuneDataConfig:
+    data: str | None = None
+    """Extraction rows: JSONL of `{"image", "target", ["prompt"]}`."""
+    val_data: str | None = None
+    """Held-out rows for schema-valid rate and per-field accuracy; default: split off `val_fraction`."""
+    val_fraction: float = 0.1
+    """Share of `data` held out when no `val_data` is given (at most `val_max` rows)."""
+    val_max: int = 32
+    """Most held-out rows decoded per evaluation (constrained decoding costs one generation each)."""
+    image_folder: str | None = None
+    """Folder image paths are relative to; default: the data file's folder."""
+    chat_data: str | None = None
+    """Chat replay: LLaVA-format conversations mixed in without a format prompt; default: a built-in set."""
+    chat_ratio: float = 0.5
+    """Chat rows per extraction row (0 turns chat replay off)."""
+    format_prompt: str | None = None
+    """Override the schema-derived format prompt; the empty string trains without one (the ablation)."""
+    task: str | None = None
+    """Task instruction opening the derived format prompt; default: the schema's docstring."""
+    skip_invalid: bool = False
+    """Train on the valid rows and write the invalid ones to `rejected.jsonl` instead of stopping."""
+
+    def __post_init__(self):
+        if self.chat_ratio < 0:
+            raise ConfigError(f"--chat-ratio {self.chat_ratio}: must be >= 0")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
+
+
 def _check_keys(section: str, data: dict, cls) -> None:
     names = [f.name for f in fields(cls)]
     for key in data:
@@ -159,4 +214,4 @@ def to_dict(obj) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-__all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "load_yaml", "merge", "to_dict", "field"]
+__all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "LoraConfig", "FinetuneDataConfig", "load_yaml", "merge", "to_dict", "field"]

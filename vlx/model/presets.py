@@ -52,7 +52,7 @@ PRESETS: dict[str, Preset] = {
         llm="tiny",
         description="random 2-layer CLIP + 2-layer Llama, byte-level BPE; built in-process, < 5 MB",
         template="vicuna_v1",
-        max_length=256,
+        max_length=1024,
         stage1=dict(learning_rate=1e-2, global_batch_size=8, per_device_batch_size=8, epochs=1.0,
                     warmup_ratio=0.03, precision="fp32"),
         stage2=dict(learning_rate=3e-3, global_batch_size=8, per_device_batch_size=8, epochs=1.0,

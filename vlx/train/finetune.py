@@ -1,0 +1,288 @@
+"""`vlx finetune --schema templates/poi.py --base runs/base --data rows.jsonl --out runs/poi`
+
+Schema-driven LoRA fine-tuning (LLaVA's `finetune_task_lora.sh`: LoRA r 128, alpha 256 on every
+Linear of the LLM at lr 2e-4, the projector trained fully at 2e-5, the vision tower frozen).
+
+The schema is the contract. Every target is validated against it before training and trained
+on as its canonical serialization, the exact text the constrained decoder produces. Each
+extraction question carries the task's response-format prompt (derived from the schema); chat
+conversations replayed alongside carry none, which is what lets one model answer in terse JSON
+when asked to extract and in prose otherwise (LLaVA-1.5's format-prompt finding).
+
+Output `OUT/`: `adapter/` (peft; the projector rides along as `modules_to_save`), `schema.py`,
+`schema.json`, `format_prompt.txt`, `config.yaml`, `metrics.jsonl` (loss per source, held-out
+schema-valid rate and field accuracy), `loss.png`, `vlx_run.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from vlx.config import ConfigError, FinetuneDataConfig, LoraConfig, TrainConfig, to_dict
+from vlx.data.dataset import Collator, LlavaDataset, prepare, report_problems, write_rejects
+from vlx.data.formats import DataError, Row, load_rows
+from vlx.device import device
+from vlx.model.build import ModelLoadError, load_llava
+from vlx.model.llava import IMAGE_TOKEN
+from vlx.plot import plot_metrics
+from vlx.run import RunInfo
+from vlx.schema import check_supported, format_prompt, json_schema, load_schema, validate_rows
+from vlx.train.base import training_args
+from vlx.train.trainer import LlavaTrainer, MetricsLogger, trainable_summary
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("extraction", "chat")
+
+
+def attach_lora(model, cfg: LoraConfig):
+    """LoRA on every Linear of the LLM (not the projector, the vision tower or lm_head)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets = [name for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and ".language_model." in f".{name}."]
+    if not targets:
+        raise ModelLoadError("found no Linear layers under model.language_model to put LoRA on")
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none",
+        modules_to_save=["multi_modal_projector"] if cfg.train_projector else None,
+    )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return get_peft_model(model, peft_cfg)
+
+
+def _check_qlora(cfg: LoraConfig) -> None:
+    if not cfg.load_in_4bit:
+        return
+    import importlib.util
+
+    if device() != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("--load-in-4bit (QLoRA) needs a CUDA GPU and `pip install bitsandbytes`; "
+                          "drop the flag to fine-tune in full precision here")
+
+
+def _load_base(base: Path, lora: LoraConfig):
+    if lora.load_in_4bit:
+        from transformers import AutoProcessor, BitsAndBytesConfig, LlavaForConditionalGeneration
+        from peft import prepare_model_for_kbit_training
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["vision_tower",
+                                                                                                 "multi_modal_projector",
+                                                                                                 "lm_head"])
+        model = LlavaForConditionalGeneration.from_pretrained(base, quantization_config=quant)
+        return prepare_model_for_kbit_training(model), AutoProcessor.from_pretrained(base)
+    return load_llava(base)
+
+
+def _extraction_rows(report, fmt: str) -> list[Row]:
+    """Validated targets -> LLaVA rows: `<image>\\n[prompt\\n]format prompt` -> canonical JSON.
+
+    The human turn is built exactly as `Extractor.prompt` builds it at inference.
+    """
+    rows = []
+    for r in report.rows:
+        question = "\n".join(p for p in (r.prompt, fmt) if p)
+        rows.append(Row(origin=f"{report.source}:row {r.row}", image=str(r.image), source="extraction",
+                        conversations=[{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"},
+                                       {"from": "gpt", "value": r.text}]))
+    return rows
+
+
+def _chat_rows(cfg: FinetuneDataConfig, n_extraction: int, out: Path, seed: int) -> list[Row]:
+    n = round(cfg.chat_ratio * n_extraction)
+    if n == 0:
+        return []
+    path = cfg.chat_data
+    if path is None:
+        from vlx.data.synth import synth_chat
+
+        path = synth_chat(out / "chat-replay", max(n, 16), seed=seed + 1, image_size=224)
+    rows = load_rows(path, problems=(problems := []))
+    if problems:
+        raise DataError(report_problems(problems, what=f"chat data {path}"))
+    for r in rows:
+        r.source, r.format_prompt = "chat", None
+    rng = random.Random(seed)
+    return rng.sample(rows, n) if n <= len(rows) else [rng.choice(rows) for _ in range(n)]
+
+
+class ExtractionEval(TrainerCallback):
+    """Schema-valid rate and per-field accuracy on held-out rows, each epoch and at the end.
+
+    Decoding is capped at 1.5x the longest held-out answer (in tokens): the schema's own budget
+    admits thousands of tokens, which an undertrained model spends on rambling strings. A row
+    that cannot close within the cap counts as not schema-valid.
+    """
+
+    def __init__(self, processor, Schema, fmt: str, template: str, rows, metrics_path: Path):
+        self.processor, self.Schema, self.fmt, self.template = processor, Schema, fmt, template
+        self.rows, self.metrics_path = rows, metrics_path
+        self.extractor = None
+        self.last_step = -1
+
+    def _run(self, model, step: int, is_main: bool) -> None:
+        from vlx.api import Extractor
+        from vlx.eval.fields import field_metrics
+
+        if not self.rows or not is_main or step == self.last_step:
+            return
+        self.last_step = step
+        if self.extractor is None:
+            longest = max(len(self.processor.tokenizer(r.text)["input_ids"]) for r in self.rows)
+            self.extractor = Extractor(model, self.processor, template=self.template, Schema=self.Schema,
+                                       format_prompt=self.fmt, max_new_tokens=int(1.5 * longest) + 8)
+        was_training = model.training
+        model.eval()
+        preds = self.extractor.extract_many([str(r.image) for r in self.rows])
+        model.train(was_training)
+        report = field_metrics([p if isinstance(p, self.Schema) else None for p in preds],
+                               [r.target for r in self.rows], self.Schema)
+        entry = {"stage": "finetune-eval", "step": step, "schema_valid_rate": report["schema_valid_rate"]}
+        for path, f in report["fields"].items():
+            if "accuracy" in f:
+                entry[f"acc/{path}"] = round(f["accuracy"], 4)
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        log.info("held-out: schema-valid %.1f%%, %s", 100 * entry["schema_valid_rate"],
+                 ", ".join(f"{k[4:]} {v:.2f}" for k, v in entry.items() if k.startswith("acc/")))
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self._run(model, state.global_step, state.is_world_process_zero)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._run(model, state.global_step, state.is_world_process_zero)
+
+
+def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig, train_cfg: TrainConfig,
+             lora_cfg: LoraConfig, out: str | Path, *, schema_class: str | None = None,
+             resume: bool = False, deepspeed: str | None = None) -> Path:
+    """LoRA-fine-tune `base` on schema extraction rows with chat replay; returns the run directory."""
+    # 1. Config and schema: the contract is checked before anything heavy loads.
+    base, out, schema = Path(base).resolve(), Path(out), Path(schema)
+    _check_qlora(lora_cfg)
+    Schema = load_schema(schema, schema_class)
+    check_supported(Schema)
+    fmt = data_cfg.format_prompt if data_cfg.format_prompt is not None else format_prompt(Schema, data_cfg.task)
+    if not data_cfg.data:
+        raise ConfigError("--data is required: a JSONL file of {\"image\", \"target\"} rows")
+    if out.exists() and (out / "vlx_run.json").exists() and not resume:
+        raise FileExistsError(f"{out} already holds a finished run; choose another --out or pass --resume")
+    base_info = RunInfo.load(base)
+    if base_info is None and not (base / "config.json").exists():
+        raise ModelLoadError(f"--base {base}: not a vlx run or LLaVA checkpoint (no config.json)")
+
+    # 2. Data: every extraction row validated (all problems at once), then tokenized with the chat rows.
+    report = validate_rows(data_cfg.data, Schema, image_folder=data_cfg.image_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    if report.errors:
+        if not data_cfg.skip_invalid:
+            raise DataError(report.format() + "\nFix them, or pass --skip-invalid to train on the rest "
+                                              "(the rejects are written to rejected.jsonl).")
+        with open(out / "rejected.jsonl", "w", encoding="utf-8") as f:
+            for e in report.errors:
+                f.write(json.dumps(e.to_dict() | {"line": report.bad_lines.get(e.row)}, ensure_ascii=False) + "\n")
+        log.warning("skipped %d invalid row(s) of %s; see %s", len({e.row for e in report.errors}),
+                    data_cfg.data, out / "rejected.jsonl")
+    if not report.rows:
+        raise DataError(f"{data_cfg.data}: no valid rows to train on")
+    if data_cfg.val_data:
+        val_report = validate_rows(data_cfg.val_data, Schema, image_folder=data_cfg.image_folder)
+        if val_report.errors:
+            raise DataError(val_report.format())
+        train_rows, val_rows = report.rows, val_report.rows[: data_cfg.val_max]
+    else:
+        shuffled = random.Random(train_cfg.seed).sample(report.rows, len(report.rows))
+        n_val = min(data_cfg.val_max, int(len(shuffled) * data_cfg.val_fraction))
+        train_rows, val_rows = shuffled[n_val:], shuffled[:n_val]
+    report.rows = train_rows
+
+    # 3. Model: the base, frozen, with LoRA on the LLM and the projector trainable.
+    model, processor = _load_base(base, lora_cfg)
+    template = base_info.template if base_info else _known_template(processor)
+    model = attach_lora(model, lora_cfg)
+    log.info("trainable parameters: %s", trainable_summary(model))
+
+    rows = _extraction_rows(report, fmt) + _chat_rows(data_cfg, len(train_rows), out, train_cfg.seed)
+    max_length = _max_length(base)
+    examples, problems = prepare(rows, processor.tokenizer, template=template,
+                                 image_token_id=model.config.image_token_id,
+                                 num_image_tokens=model.config.image_seq_length, max_length=max_length)
+    if problems:
+        raise DataError(report_problems(problems, what="fine-tuning data") +
+                        f"\n(max_length={max_length} from the base run; the format prompt is "
+                        f"{len(processor.tokenizer(fmt)['input_ids'])} tokens)")
+    dataset = LlavaDataset(examples, processor.image_processor)
+    log.info("%d extraction rows, %d chat rows, %d held out", len(train_rows),
+             len(examples) - len(train_rows), len(val_rows))
+
+    # 4. Files that describe the run, written before training so a crashed run still says what it was.
+    (out / "config.yaml").write_text(yaml.safe_dump(
+        {"base": str(base), "schema": str(schema), "schema_class": Schema.__name__, "template": template,
+         "data": to_dict(data_cfg), "train": to_dict(train_cfg), "lora": to_dict(lora_cfg)}, sort_keys=False))
+    shutil.copyfile(schema, out / "schema.py")
+    (out / "schema.json").write_text(json.dumps(json_schema(Schema), indent=2, ensure_ascii=False) + "\n")
+    (out / "format_prompt.txt").write_text(fmt, encoding="utf-8")
+
+    # 5. Train.
+    ckpt_dir = out / "checkpoints"
+    args = training_args(train_cfg, ckpt_dir, deepspeed=deepspeed)
+    trainer = LlavaTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=Collator(processor.tokenizer.pad_token_id, sources=SOURCES),
+        projector_lr=train_cfg.projector_lr,
+        modality_lengths=dataset.lengths,
+        source_names=SOURCES,
+        callbacks=[MetricsLogger(out / "metrics.jsonl", "finetune"),
+                   ExtractionEval(processor, Schema, fmt, template, val_rows, out / "metrics.jsonl")],
+    )
+    last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+
+    # 6. Save the adapter (staged, renamed into place), then vlx_run.json last: the run is complete.
+    if trainer.is_world_process_zero():
+        staging = out / ".staging-adapter"
+        shutil.rmtree(staging, ignore_errors=True)
+        trainer.model.save_pretrained(str(staging))
+        if (out / "adapter").exists():
+            shutil.rmtree(out / "adapter")
+        os.replace(staging, out / "adapter")
+        plot_metrics(out / "metrics.jsonl", out / "loss.png", title=f"vlx finetune ({Schema.__name__})")
+        RunInfo(kind="finetune", template=template, base=str(base), schema_class=Schema.__name__,
+                extra={"format_prompt": "override" if data_cfg.format_prompt is not None else "derived",
+                       "chat_ratio": data_cfg.chat_ratio}).save(out)
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def _known_template(processor) -> str:
+    from vlx.data.templates import JINJA
+
+    for name, jinja in JINJA.items():
+        if jinja == getattr(processor, "chat_template", None) and name != "plain":
+            return name
+    raise ConfigError("the base model's chat template is not one vlx trains with (vicuna_v1, chatml); "
+                      "fine-tune a `vlx train-base` run, or convert the checkpoint's template first")
+
+
+def _max_length(base: Path) -> int:
+    cfg = base / "config.yaml"
+    if cfg.exists():
+        value = (yaml.safe_load(cfg.read_text()) or {}).get("model", {}).get("max_length")
+        if value:
+            return int(value)
+    return 2048  # LLaVA-1.5's model_max_length
