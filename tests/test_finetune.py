@@ -172,3 +172,15 @@ def test_qlora_without_gpu_fails_at_start(base_and_rows, tmp_path):
                                  str(root / "rows.jsonl"), "--out", str(tmp_path / "q"), "--load-in-4bit"])
     assert result.exit_code == 2
     assert "needs a CUDA GPU" in result.output and "bitsandbytes" in result.output
+
+
+def test_run_trained_without_format_prompt_is_prompted_without_one(tiny):
+    """The ablation stores an empty format prompt; extraction must not fall back to the derived one."""
+    from vlx.api import Extractor
+    from vlx.schema import load_schema
+
+    model, processor = tiny
+    Schema = load_schema(POI)
+    ex = Extractor(model, processor, template="vicuna_v1", Schema=Schema, format_prompt="")
+    assert ex._schema_and_prompt(None, False) == (Schema, "")
+    assert ex._schema_and_prompt(Schema, False) == (Schema, "")

@@ -106,13 +106,14 @@ class Extractor:
             if self.Schema is None:
                 raise SchemaError(f"{self.path or 'this model'} was not fine-tuned with a schema; pass one: "
                                   "extract(image, Schema)")
-            return self.Schema, self.format_prompt or format_prompt(self.Schema)
+            # An empty stored prompt is a run trained without one (the ablation): keep it empty.
+            return self.Schema, self.format_prompt if self.format_prompt is not None else format_prompt(self.Schema)
         check_supported(Schema)
         if self.Schema is None or Schema is self.Schema:
-            return Schema, (self.format_prompt if Schema is self.Schema and self.format_prompt
+            return Schema, (self.format_prompt if Schema is self.Schema and self.format_prompt is not None
                             else format_prompt(Schema))
         if grammar_schema(Schema) == grammar_schema(self.Schema):
-            return Schema, self.format_prompt or format_prompt(Schema)
+            return Schema, self.format_prompt if self.format_prompt is not None else format_prompt(Schema)
         if not allow_schema_change:
             raise SchemaError(
                 f"{Schema.__name__} differs from the schema {self.path} was fine-tuned with "
