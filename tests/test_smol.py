@@ -240,7 +240,7 @@ def test_entry_without_marker_is_rebuilt(cache, fetches, fake_gguf_loader):
 # --- the vision tower ------------------------------------------------------------------------
 
 MICRO = dict(image_size=28, patch_size=14, hidden_size=32, num_layers=2, num_heads=2, text_hidden_size=32,
-             text_layers=1, text_max_length=48, projection_dim=16, n_poi=4, n_shapes=12, steps=3, batch_size=8,
+             projection_dim=16, n_poi=4, n_shapes=12, steps=3, batch_size=8,
              n_eval=4, precision="fp32")
 
 
@@ -254,15 +254,14 @@ def test_poi_captions_name_what_extraction_reads():
     assert clip_pretrain.poi_captions({"pois": []})
 
 
-def test_tokenize_ends_with_the_pooling_token():
-    ids = clip_pretrain.tokenize(["ab", "x" * 100], 8)
-    assert ids[0].tolist() == [clip_pretrain.BOS, *ids[0, 1:3].tolist(), clip_pretrain.EOS, 0, 0, 0, 0]
-    assert ids[1, -1] == clip_pretrain.EOS  # cut captions still end in EOS, where CLIP pools
-    assert clip_config_eos() == clip_pretrain.EOS != 2
-
-
-def clip_config_eos() -> int:
-    return clip_pretrain.clip_config(clip_pretrain.PretrainConfig(**MICRO)).text_config.eos_token_id
+def test_caption_words_spell_numbers_digit_by_digit():
+    assert clip_pretrain.words('A bakery "Golden Fox" no. 42b') == ["a", "bakery", "golden", "fox", "no", "#2", "0:4",
+                                                                    "1:2", "b"]
+    vocab = clip_pretrain.build_vocab([["red star", "blue star"], ["no. 7"]])
+    assert sorted(vocab.values()) == list(range(1, len(vocab) + 1))  # 0 is kept for unknown words
+    ids, offsets = clip_pretrain.bag(["red star", "green star", ""], vocab)
+    assert offsets.tolist() == [0, 2, 4]
+    assert ids.tolist() == [vocab["red"], vocab["star"], clip_pretrain.UNK, vocab["star"], clip_pretrain.UNK]
 
 
 def test_pretrain_is_deterministic_and_loads_as_plain_clip(tmp_path):
