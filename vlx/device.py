@@ -43,3 +43,26 @@ def resolve_precision(precision: str = "auto") -> str:
     if precision == "bf16" and not native:
         log.warning("bf16 requested but this %s has no native bf16; it will run, slowly (use --precision fp32)", dev)
     return precision
+
+
+def attn_implementation() -> str:
+    """`flash_attention_2` on CUDA when the flash-attn package is installed, else `sdpa` (CPU and GPU).
+
+    `VLX_ATTN` overrides (e.g. `eager` to debug). Both choices support padding-free packing.
+    """
+    forced = os.environ.get("VLX_ATTN")
+    if forced:
+        return forced
+    if device() == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+        _log_once("flash-attn is not installed: using SDPA attention (pip install flash-attn for varlen kernels)")
+    return "sdpa"
+
+
+@functools.cache
+def _log_once(message: str) -> None:
+    log.info(message)
+

@@ -174,6 +174,9 @@ class Collator:
         pixels = [b["pixel_values"] for b in batch if b["pixel_values"] is not None]
         if pixels:
             out["pixel_values"] = torch.stack(pixels)  # (n_images, 3, S, S)
+        features = [b["vision_features"] for b in batch if b.get("vision_features") is not None]
+        if features:  # rows from `vlx.data.feature_cache.CachedFeatureDataset`
+            out["vision_features"] = torch.stack(features)  # (n_images, tokens, width)
         if self.sources is not None:
             out["source_ids"] = torch.tensor([self.sources.index(b["source"]) for b in batch])
         return out

@@ -26,8 +26,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from vlx.config import ConfigError, DataConfig, ModelConfig, TrainConfig, to_dict
 from vlx.data.dataset import Collator, LlavaDataset, prepare, report_problems, write_rejects
+from vlx.data.feature_cache import CachedFeatureDataset, FeatureCache
+from vlx.data.packing import PackingCollator, packs_into_one_row, supervised_loss
 from vlx.data.formats import DataError, load_rows
-from vlx.device import device, resolve_precision
+from vlx.device import attn_implementation, device, resolve_precision
 from vlx.model.build import build_llava, load_llava, resolve
 from vlx.plot import plot_metrics
 from vlx.run import RunInfo
@@ -166,9 +168,12 @@ def train_base(model_cfg: ModelConfig, data_cfg: DataConfig, stage_cfgs: dict[st
                               "(--stage both) or pass --init-from DIR")
         model, processor = load_llava(source)
         stages = tuple(s for s in stages if s != "1") if "1" in stages else stages
+    if model.config._attn_implementation != attn_implementation():
+        model.set_attn_implementation(attn_implementation())
 
     # 3. Data: every stage validated and tokenized before any training starts.
     datasets = {s: _prepare_stage(s, data_for[s], model, processor, model_cfg, data_cfg, out) for s in stages}
+    one_row = packs_into_one_row(model) if data_cfg.packing else False  # an unsupported attention fails here
 
     # 4. One Trainer per stage; checkpoints under OUT/checkpoints/stageN.
     for s in stages:
@@ -179,11 +184,16 @@ def train_base(model_cfg: ModelConfig, data_cfg: DataConfig, stage_cfgs: dict[st
         args = training_args(cfg, ckpt_dir, num_workers=data_cfg.num_workers, deepspeed=deepspeed,
                              fsdp_config=fsdp_config)
         dataset = datasets[s]
+        if data_cfg.feature_cache:  # filled by LlavaTrainer.train: one tower pass per new image
+            dataset = CachedFeatureDataset(dataset, FeatureCache(data_cfg.feature_cache, model, processor.image_processor,
+                                                                 precision=resolve_precision(cfg.precision)))
         trainer = LlavaTrainer(
             model=model,
             args=args,
             train_dataset=dataset,
-            data_collator=Collator(processor.tokenizer.pad_token_id),
+            data_collator=(PackingCollator(processor.tokenizer.pad_token_id, one_row, supervised_logits=True)
+                           if data_cfg.packing else Collator(processor.tokenizer.pad_token_id)),
+            compute_loss_func=supervised_loss if data_cfg.packing else None,
             projector_lr=cfg.projector_lr,
             modality_lengths=dataset.lengths if data_cfg.group_by_modality_length else None,
             callbacks=[MetricsLogger(out / "metrics.jsonl", STAGES[s])],

@@ -6,6 +6,7 @@ needs, and this subclass adds:
 
 - a separate projector learning rate (`mm_projector_lr` in the reference `LLaVATrainer`);
 - `group_by_modality_length` batching (`vlx.data.sampler`);
+- the frozen-tower feature cache (`vlx.data.feature_cache`): filled before the first step;
 - checkpoints that appear atomically: the Trainer writes `checkpoint-N` in place, so a kill
   during a save leaves a directory `--resume` would pick up; here it is written under a staging
   folder and renamed when complete;
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from vlx.data.feature_cache import CachedFeatureDataset, fill_feature_cache, vision_feature_input
 from vlx.data.sampler import ModalityLengthSampler
 from vlx.data.templates import IGNORE_INDEX
 
@@ -46,6 +48,16 @@ class LlavaTrainer(Trainer):
         self._source_loss = torch.zeros(len(source_names or ()), dtype=torch.float64)
         self._source_tokens = torch.zeros(len(source_names or ()), dtype=torch.float64)
         super().__init__(*args, **kwargs)
+
+    def train(self, *args, **kwargs):
+        """With a `CachedFeatureDataset`, first fill the cache (each process a disjoint slice of the missing
+        images), then train with the model reading `vision_features` instead of running the tower."""
+        if not isinstance(self.train_dataset, CachedFeatureDataset):
+            return super().train(*args, **kwargs)
+        fill_feature_cache(self.train_dataset, self.model, device=self.args.device, rank=self.args.process_index,
+                           world_size=self.args.world_size, barrier=self.accelerator.wait_for_everyone)
+        with vision_feature_input(self.model):
+            return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         source_ids = inputs.pop("source_ids", None)

@@ -1,0 +1,149 @@
+"""Padding-free packing: a micro-batch's samples laid end to end, with no cross-sample attention.
+
+    collator = PackingCollator(pad_token_id, one_row=packs_into_one_row(model))
+
+Each sample keeps its own `position_ids` (0, 1, 2, ... restarting at every sample) and no
+`attention_mask` is passed. transformers 5 reads the restarts as sequence boundaries
+(`masking_utils.find_packed_sequence_indices`): SDPA, eager and flex attention get a block-diagonal
+causal mask, flash attention gets varlen `cu_seqlens` (`modeling_flash_attention_utils`). Rotary
+positions restart with the ids, and the first label of every sample is ignored, so no token is
+predicted across a boundary: the loss and gradients equal the padded batch's (same supervised
+tokens, same mean), while no compute is spent on padding.
+
+Rows: flash attention detects packing only in a batch of one row and then skips every masked score
+(varlen kernels), so the whole micro-batch becomes one row. SDPA and eager materialise a
+(rows, 1, L, L) mask and compute every score in it, masked or not, so one long row would cost more
+attention than the padded batch. There samples are packed first-fit-decreasing into rows no longer
+than the micro-batch's longest sample: the padded batch's width, in fewer rows, so packing never
+costs more than padding and saves whatever short samples can share a row. The few pad tokens that
+even rows out form their own short segment and carry no labels.
+
+Logits only where they are needed: most positions of a LLaVA sample (image tokens, system prompt,
+questions) carry no label, yet a causal LM projects every position onto the vocabulary (49k x 576
+for SmolLM2: about a fifth of its training FLOPs, plus a float32 log-softmax over each row). The
+collator also passes `logits_to_keep`, the positions whose next token is supervised, and
+`supervised_loss` (the Trainer's `compute_loss_func`) takes the cross-entropy there: the same sum
+over the same tokens, divided by the same count, without the rest of the vocabulary projection.
+
+Images stay in step with their `<image>` tokens: pixel values (or cached tower features) are stacked
+in the order their samples appear in the packed rows, which is the order the model scatters them in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from vlx.config import ConfigError
+from vlx.data.templates import IGNORE_INDEX
+
+PACKING_ATTENTION = {
+    "flash_attention_2": "one row",
+    "flash_attention_3": "one row",
+    "sdpa": "rows",
+    "eager": "rows",
+    "flex_attention": "rows",
+}
+"""Attention implementations for which transformers honours packed position ids exactly."""
+
+
+class PackingError(ConfigError):
+    """Packing was requested where it cannot be exact; the message says why and what to do."""
+
+
+def packs_into_one_row(model) -> bool:
+    """True where the attention wants one packed row per micro-batch (flash); fails if packing is not exact."""
+    impl = getattr(model.config.get_text_config(), "_attn_implementation", None) or model.config._attn_implementation
+    if impl not in PACKING_ATTENTION:
+        raise PackingError(f"--packing needs attention that honours per-sample position ids "
+                           f"({', '.join(PACKING_ATTENTION)}); this model uses {impl!r}: drop --packing")
+    return PACKING_ATTENTION[impl] == "one row"
+
+
+def pack_rows(lengths: list[int], capacity: int | None) -> list[list[int]]:
+    """First-fit decreasing: sample indices per row, each row's total <= capacity (None: one row)."""
+    if capacity is None:
+        return [list(range(len(lengths)))]
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:  # a sample longer than the capacity still gets a row of its own
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return [sorted(row) for row in rows]
+
+
+@dataclass
+class PackingCollator:
+    """`Collator`'s job without padding: rows of whole samples, `position_ids` restarting per sample."""
+
+    pad_token_id: int
+    one_row: bool = False
+    """The whole micro-batch in one row (flash attention); else rows as long as its longest sample."""
+    capacity: int | None = None
+    """Tokens per row when not `one_row`; None: the longest sample of each micro-batch."""
+    supervised_logits: bool = False
+    """Also pass `logits_to_keep` (train with `compute_loss_func=supervised_loss`)."""
+
+    def __call__(self, batch: list[dict]) -> dict:
+        lengths = [len(b["input_ids"]) for b in batch]
+        rows = pack_rows(lengths, None if self.one_row else (self.capacity or max(lengths)))
+        width = max(sum(len(batch[i]["input_ids"]) for i in row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        pixels, features = [], []
+        for r, row in enumerate(rows):
+            start = 0
+            for i in row:
+                b = batch[i]
+                n = len(b["input_ids"])
+                input_ids[r, start:start + n] = torch.tensor(b["input_ids"])
+                labels[r, start + 1:start + n] = torch.tensor(b["labels"][1:])  # nothing predicted across samples
+                position_ids[r, start:start + n] = torch.arange(n)
+                start += n
+                if b.get("pixel_values") is not None:
+                    pixels.append(b["pixel_values"])
+                if b.get("vision_features") is not None:
+                    features.append(b["vision_features"])
+            position_ids[r, start:] = torch.arange(width - start)  # the pad tail is a segment of its own
+        # use_cache=False: transformers skips packed-sequence detection whenever a KV cache exists, and the
+        # Trainer switches the cache off only on the top-level LlavaConfig, not on the LLM's own config.
+        out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
+        if pixels:
+            out["pixel_values"] = torch.stack(pixels)  # (n_images, 3, S, S), in packed order
+        if features:
+            out["vision_features"] = torch.stack(features)  # (n_images, tokens, width), in packed order
+        if self.supervised_logits:
+            out["logits_to_keep"] = supervised_positions(labels)
+        return out
+
+
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(rows, L) labels -> 1D positions t whose next token t + 1 is supervised in some row."""
+    keep = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+    return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=labels.device)
+
+
+def supervised_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Causal-LM cross-entropy from logits kept at `supervised_positions(labels)` only.
+
+    Same reduction as transformers' `ForCausalLMLoss`: a sum over supervised tokens divided by
+    `num_items_in_batch` (the whole accumulated batch's count) when given, else their mean.
+    """
+    keep = supervised_positions(labels)
+    target = labels[:, 1:][:, keep].to(outputs.logits.device)  # (rows, kept)
+    loss = F.cross_entropy(outputs.logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+    if num_items_in_batch is None:
+        return loss / (target != IGNORE_INDEX).sum()
+    if isinstance(num_items_in_batch, torch.Tensor):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
