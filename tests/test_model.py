@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,14 +15,11 @@ from vlx import ModelConfig, build_llava
 from vlx.model import ModelLoadError, image_processor, num_image_tokens
 
 
-def test_tiny_is_small_and_fast(tiny):
+def test_tiny_is_small(tiny):
     model, processor = tiny
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     assert n_bytes < 5 * 2**20
-    logits(model, processor)  # warm-up
-    start = time.perf_counter()
-    logits(model, processor)
-    assert time.perf_counter() - start < 0.5
+    assert logits(model, processor).shape[-1] == len(processor.tokenizer)
 
 
 def test_llava_15_vision_settings(tiny):
