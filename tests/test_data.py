@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,26 @@ def test_modality_batches_are_homogeneous():
         assert [abs(lengths[i]) for i in chunk] == sorted((abs(lengths[i]) for i in chunk), reverse=True)
     # Leftovers (21 % 4 image + 11 % 4 text) form the one mixed megabatch at the end.
     assert len(order) - 28 == 4
+
+
+def test_validate_command_lists_every_bad_row(colour_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlx.cli import app
+
+    rows = json.loads((colour_data / "instruct.json").read_text())
+    rows[1]["image"] = "gone.png"
+    rows[2]["conversations"] = []
+    (colour_data / "bad_instruct.json").write_text(json.dumps(rows))
+    result = CliRunner().invoke(app, ["data", "validate", str(colour_data / "bad_instruct.json")])
+    assert result.exit_code == 1
+    assert "bad_instruct.json:row 2: image file" in result.output and "gone.png" in result.output
+    assert "bad_instruct.json:row 3: empty conversation" in result.output
+    ok = CliRunner().invoke(app, ["data", "validate", str(colour_data / "instruct.json")])
+    assert ok.exit_code == 0 and f"ok: {len(rows)} rows valid" in ok.output
+
+    poi = str(Path(__file__).resolve().parent.parent / "templates" / "poi.py")
+    Image.new("RGB", (8, 8)).save(tmp_path / "shop.png")
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"image": "shop.png", "target": {"pois": "many"}}) + "\n")
+    result = CliRunner().invoke(app, ["data", "validate", "--schema", poi, str(tmp_path / "rows.jsonl")])
+    assert result.exit_code == 1 and "row 1: target.pois" in result.output
