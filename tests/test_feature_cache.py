@@ -181,3 +181,12 @@ def test_no_feature_cache_overrides_the_config_file(colour_data, tmp_path, monke
     assert CliRunner().invoke(app, [*args, "--no-feature-cache", "--no-packing"]).exit_code == 0
     data = seen.pop("data")
     assert data.feature_cache is None and data.packing is False
+
+
+def test_a_partitioned_tower_is_refused(tiny, tmp_path):
+    from vlx.config import ConfigError
+
+    model = copy.deepcopy(tiny[0])
+    next(model.model.vision_tower.parameters()).ds_id = 0  # what DeepSpeed ZeRO-3 marks its partitioned weights with
+    with pytest.raises(ConfigError, match="--stage 2 --init-from"):
+        FeatureCache(tmp_path, model, tiny[1].image_processor)
