@@ -25,8 +25,6 @@ class SchemaError(ValueError):
     """A schema file or class that cannot be used; the message names the field and the fix."""
 
 
-UnsupportedSchemaError = SchemaError
-
 # String formats the decoder can enforce, with their fixed maximum length in characters.
 FORMATS = {"date": 10, "uuid": 36}
 # Floats are serialized with Python's repr; beyond 1e15 repr switches to exponent notation.
