@@ -305,7 +305,7 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 8,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Token budget per answer (default: the benchmark's, LLaVA's 128; extraction: derived from the schema).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Directory for results (default: MODEL/eval/BENCHMARK or MODEL/eval/extraction).")] = None,
-    chat_data: Annotated[Optional[str], typer.Option(help="Extraction mode: held-out chat rows (accepted; chat retention is not measured yet).")] = None,
+    chat_data: Annotated[Optional[str], typer.Option(help="Extraction mode: held-out chat conversations; adds chat retention (JSON leaks, answer perplexity vs the base).")] = None,
 ):
     """Score a model: a paper benchmark (--benchmark) or schema extraction on held-out rows."""
     from vlx.eval.benchmarks import BenchmarkError, get_benchmark, markdown_table, run_benchmark
@@ -329,6 +329,10 @@ def eval_cmd(
             report = evaluate_run(model, data, chat_data=chat_data, out_dir=target, limit=limit, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens)
             typer.echo(format_table(report))
+            if "chat" in report:
+                from vlx.eval.chat import format_chat
+
+                typer.echo(format_chat(report["chat"], samples=3))
             typer.echo(f"results written to {target}")
     except (*_user_errors(), BenchmarkError, ExtractionEvalError, SchemaError) as e:
         _fail(str(e))
@@ -422,6 +426,29 @@ def chat_cmd(
     except (*_user_errors(), ImageError, ValueError) as e:
         _fail(str(e))
     typer.echo(answer)
+
+
+# ---- demo -------------------------------------------------------------------------------------
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Directory for data, runs, evaluations and report.html.")] = Path("demo"),
+    quick: Annotated[bool, typer.Option(help="The same pipeline on the tiny preset with small data (under 2 minutes).")] = False,
+    ablation: Annotated[bool, typer.Option(help="Also fine-tune without format prompt and chat replay, evaluated side by side.")] = False,
+):
+    """Synthesise data, train a LLaVA-1.5 base (smol), fine-tune it on templates/poi.py, evaluate, write report.html."""
+    from vlx.demo import run_demo
+    from vlx.schema import SchemaError
+
+    _setup_logging()
+    for name in ("transformers", "vlx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        result = run_demo(out, quick=quick, ablation=ablation)
+    except (*_user_errors(), SchemaError) as e:
+        _fail(str(e))
+    typer.echo(result["summary"])
+    typer.echo(f"report: {out / 'report.html'}")
 
 
 def main() -> None:

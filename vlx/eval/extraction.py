@@ -84,6 +84,9 @@ def evaluate_run(model: str | Path, data: str | Path, *, chat_data: str | Path |
                  max_new_tokens: int | None = None) -> dict:
     """Extract from every row of `data` the way `vlx.load(RUN).extract_many` does, and score the fields.
 
+    With `chat_data` (held-out conversations), chat retention is measured too (`vlx.eval.chat`)
+    and lands in `report["chat"]`.
+
     The rows are validated against the run's schema before the model is loaded. A row the
     decoder cannot turn into a valid instance counts as schema-invalid and as an empty answer on
     every field.
@@ -100,12 +103,17 @@ def evaluate_run(model: str | Path, data: str | Path, *, chat_data: str | Path |
     started = time.perf_counter()
     results = extractor.extract_many([r.image for r in rows])
     seconds = time.perf_counter() - started
-    if chat_data is not None:
-        log.warning("chat retention (%s) is not measured by this version of `vlx eval`; only extraction is", chat_data)
     # An ExtractionError is no answer at all: schema-invalid, and empty on every field.
     predictions = [None if isinstance(x, ExtractionError) else x for x in results]
     errors = [str(x) if isinstance(x, ExtractionError) else None for x in results]
-    return evaluate_predictions(predictions, rows, Schema, out_dir=out_dir, seconds=seconds, errors=errors)
+    report = evaluate_predictions(predictions, rows, Schema, out_dir=out_dir, seconds=seconds, errors=errors)
+    if chat_data is not None:  # chat retention: JSON leaks, answer perplexity vs the base (`vlx.eval.chat`)
+        from vlx.eval.chat import evaluate_chat, write_chat
+
+        report["chat"] = evaluate_chat(extractor, chat_data, batch_size=batch_size)
+        if out_dir is not None:
+            write_chat(report["chat"], out_dir)
+    return report
 
 
 __all__ = ["ExtractionEvalError", "load_run_schema", "load_gold", "evaluate_predictions", "evaluate_run"]
