@@ -265,6 +265,9 @@ def test_poi_captions_name_what_extraction_reads():
     assert name == "Golden Fox Bakery" and name_number == "Golden Fox Bakery no. 42b"
     assert category_number == "a bakery no. 42b"
     assert clip_pretrain.poi_captions({"pois": []})
+    two = {"pois": [target["pois"][0], {**target["pois"][0], "name": "Ada's Salon", "category": "hair_salon"}]}
+    assert clip_pretrain.poi_captions(two)[1] == "Golden Fox Bakery and Ada's Salon"
+    assert clip_pretrain._caption_category('a hair salon "Ada\'s Salon" no. 3') == "hair_salon"
 
 
 def test_caption_words_spell_numbers_digit_by_digit():
@@ -314,6 +317,7 @@ def test_pretrain_is_deterministic_and_loads_as_plain_clip(tmp_path):
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert len(metrics["loss"]) == 3 and all(v > 0 for v in metrics["loss"])
     assert {"poi_image_to_text", "poi_name_text_to_image", "shapes_image_to_text"} <= set(m1["retrieval"])
+    assert m1["retrieval"]["poi_category_n"] >= 1 and 0 <= m1["retrieval"]["poi_category_zero_shot"] <= 1
 
 
 def test_pretrain_loss_falls(tmp_path):

@@ -334,8 +334,21 @@ def retrieval(model: DualEncoder, images: np.ndarray, texts: list[str], vocab: d
             "text_to_image": (sim.argmax(0) == truth).float().mean().item()}
 
 
+@torch.no_grad()
+def zero_shot_category(model: DualEncoder, images: np.ndarray, categories: list[str], vocab: dict[str, int]) -> float:
+    """Accuracy of picking each street scene's category among all twelve, by the text "a <category>"."""
+    from vlx.data import synth
+
+    names = list(synth.CATEGORIES)
+    txt = model.text_features(*bag([f"a {_category_words(c)}" for c in names], vocab))
+    img = model.image_features(_normalise(images))
+    pred = (img @ txt.T).argmax(1)  # (N,)
+    return (pred == torch.tensor([names.index(c) for c in categories])).float().mean().item()
+
+
 def evaluate(model: DualEncoder, held_out, vocab: dict[str, int]) -> dict[str, float]:
-    """Zero-shot retrieval on held-out pairs: full POI captions, business names alone, shape captions."""
+    """Zero-shot retrieval on held-out pairs (full POI captions, business names alone, shape captions)
+    and zero-shot category of single-business street scenes."""
     images, captions, kinds = held_out
     poi = [i for i, k in enumerate(kinds) if k == "poi" and captions[i][0] != poi_captions({"pois": []})[0]]
     shapes = [i for i, k in enumerate(kinds) if k == "shapes"]
@@ -346,7 +359,18 @@ def evaluate(model: DualEncoder, held_out, vocab: dict[str, int]) -> dict[str, f
         scores = retrieval(model, images[idx], [captions[i][variant] for i in idx], vocab)
         out.update({f"{name}_{k}": round(v, 4) for k, v in scores.items()})
         out[f"{name}_n"] = len(idx)
+    single = [i for i in poi if " and " not in captions[i][1]]
+    if single:
+        cats = [_caption_category(captions[i][0]) for i in single]
+        out["poi_category_zero_shot"] = round(zero_shot_category(model, images[single], cats, vocab), 4)
+        out["poi_category_majority"] = round(max(cats.count(c) for c in set(cats)) / len(cats), 4)
+        out["poi_category_n"] = len(single)
     return out
+
+
+def _caption_category(full_caption: str) -> str:
+    """The category of a one-business caption from `poi_captions` ('a hair salon "..."' -> hair_salon)."""
+    return full_caption[2:].split(' "')[0].replace(" ", "_")
 
 
 # --- the loop --------------------------------------------------------------------------------
