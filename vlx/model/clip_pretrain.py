@@ -15,6 +15,14 @@ Fox Bookshop" in a batch, the tower has to see the letters on the sign), categor
 numbers digit by digit. Only the vision tower is kept: during the LLaVA stages it is frozen and
 its second-to-last layer feeds the projector, as in LLaVA-1.5.
 
+What the default configuration reaches (held-out pairs, `metrics.json` of the cache entry; about
+8 minutes on a busy 2-core CPU, 3-4 on an idle one): shape captions retrieved top-1 among 100 in
+15% (image->text) and 22% (text->image) of cases, chance 1%. Street scenes stay at chance: top-1
+among 85 full captions 2%, by business name alone 0-2%, zero-shot category 2% (majority class
+15%). Reading names and telling categories apart is therefore left to the LLaVA stages, which
+learn it from the frozen tower's patch features; a longer schedule (more `steps`, `n_poi`,
+`n_signs`) is the lever when time allows.
+
 Images are padded to a square with the CLIP mean colour and resized with bicubic filtering: the
 preprocessing `LlavaImageProcessor(do_pad=True)` applies downstream, so the tower is trained on the
 pixels it will see.
