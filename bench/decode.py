@@ -1,7 +1,7 @@
 """Decoding benchmarks, side by side in one run; prints a markdown section for bench/RESULTS.md.
 
     python bench/decode.py                 # all three
-    python bench/decode.py --only compile  # or: overhead, throughput
+    python bench/decode.py --only compile  # or: processor, overhead, throughput
 
 1. compile: the grammar index of templates/poi.py over SmolLM2's 49k-token vocabulary, first
    compile and cached load, each in a fresh process (the cached number is what a second
@@ -9,6 +9,8 @@
 2. overhead: constrained vs unconstrained generation of the same number of tokens on the same
    model (smol LLM + tiny vision tower), per generated token after warm-up, prefill excluded;
    for vlx's processor (`outlines_core` backend) and outlines' own (`outlines` backend).
+   `processor` times the grammar's own per-step cost without the model, which unlike the
+   end-to-end numbers does not drift with the load of a shared machine.
 3. throughput: `Extractor.extract_many(batch_size=8)` vs the plain outlines path a user would
    write (`outlines.from_transformers` + `outlines.Generator(model, Schema)`, one call per image).
 
@@ -90,8 +92,15 @@ def _timed_generate(model, enc, **kwargs):
     return time.perf_counter() - t, ids[:, enc["input_ids"].shape[1]:]
 
 
-def bench_overhead(model, processor, reps: int) -> dict:
-    """Per-token decode time with and without the grammar, same prompt, same token count."""
+def bench_overhead(model, processor, reps: int, batches: list[int]) -> dict:
+    """Per-token decode time with and without the grammar, same prompt, same token count.
+
+    The machine is shared, so its speed drifts within minutes: each repeat runs prefill-only,
+    unconstrained and both constrained generations back to back in a shuffled order, and the
+    overhead is the median over repeats of each repeat's own ratio.
+    """
+    import random
+
     import torch
 
     from vlx.decode import answer_grammar, compile_index, end_token_id, logits_processor
@@ -101,30 +110,77 @@ def bench_overhead(model, processor, reps: int) -> dict:
     eos = end_token_id(processor.tokenizer, "chatml")
     grammar = answer_grammar(Schema, "chatml")
     index = compile_index(grammar.regex, processor.tokenizer, eos)
+    budget = grammar.max_bytes + 1
+    rng = random.Random(0)
     results = {}
-    for batch in (1, 8):
+    for batch in batches:
         enc = encode_batch(processor, [prompt] * batch, images[:batch], model.device, torch.float32)
-        prefill = min(_timed_generate(model, enc, max_new_tokens=1)[0] for _ in range(2))
-        row = {"batch": batch, "prefill_s": prefill}
-        for backend in ("outlines_core", "outlines"):
-            lp = logits_processor(backend, index, eos)
-            _timed_generate(model, enc, max_new_tokens=grammar.max_bytes + 1, logits_processor=[lp])  # warm-up
-            times = []
-            for _ in range(reps):
-                lp.reset()
-                t, new = _timed_generate(model, enc, max_new_tokens=grammar.max_bytes + 1, logits_processor=[lp])
-                times.append(t)
-            steps = new.shape[1]
-            row[backend] = {"tokens": steps, "per_token_s": (statistics.median(times) - prefill) / max(steps - 1, 1)}
-        steps = row["outlines_core"]["tokens"]
-        _timed_generate(model, enc, max_new_tokens=steps, min_new_tokens=steps)
-        times = [_timed_generate(model, enc, max_new_tokens=steps, min_new_tokens=steps)[0] for _ in range(reps)]
-        row["unconstrained"] = {"tokens": steps, "per_token_s": (statistics.median(times) - prefill) / max(steps - 1, 1)}
-        for backend in ("outlines_core", "outlines"):
-            # The outlines row may differ in length (same grammar, same greedy path: it should not).
-            row[backend]["overhead"] = row[backend]["per_token_s"] / row["unconstrained"]["per_token_s"] - 1
+        processors = {b: logits_processor(b, index, eos) for b in ("outlines_core", "outlines")}
+        # Warm-up (outlines' processor compiles its masking kernel here); fixes the token count.
+        steps = {b: _timed_generate(model, enc, max_new_tokens=budget, logits_processor=[lp])[1].shape[1]
+                 for b, lp in processors.items()}
+        n = steps["outlines_core"]
+        runs = {
+            "prefill": lambda: _timed_generate(model, enc, max_new_tokens=1)[0],
+            "unconstrained": lambda: _timed_generate(model, enc, max_new_tokens=n, min_new_tokens=n)[0],
+        }
+        for b, lp in processors.items():
+            runs[b] = lambda lp=lp: (lp.reset(), _timed_generate(model, enc, max_new_tokens=budget,
+                                                                 logits_processor=[lp])[0])[1]
+        samples = {name: [] for name in runs}
+        for _ in range(reps):
+            order = list(runs)
+            rng.shuffle(order)
+            for name in order:
+                samples[name].append(runs[name]())
+        row = {"batch": batch, "tokens": steps, "prefill_s": statistics.median(samples["prefill"])}
+        tokens = {"unconstrained": n, **steps}
+        per_token = {name: [(t - pre) / (tokens[name] - 1) for t, pre in zip(samples[name], samples["prefill"])]
+                     for name in tokens}
+        for name in tokens:
+            row[name] = {"per_token_s": statistics.median(per_token[name]), "samples_s": samples[name]}
+        for b in processors:
+            ratios = [c / u - 1 for c, u in zip(per_token[b], per_token["unconstrained"])]
+            row[b]["overhead"] = statistics.median(ratios)
         results[f"batch{batch}"] = row
     return results
+
+
+def bench_processor(tokenizer_dir: str, reps: int) -> dict:
+    """The grammar's own cost per decoding step, without the model: a processor call (advance,
+    mask, apply) on 49k-wide logits while walking a canonical answer. Unlike end-to-end timings
+    this does not drift with the load of a shared machine."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from vlx.decode import answer_grammar, compile_index, end_token_id, logits_processor
+    from vlx.schema import canonical_json, load_schema
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    Schema = load_schema(POI)
+    eos = end_token_id(tok, "chatml")
+    index = compile_index(answer_grammar(Schema, "chatml").regex, tok, eos)
+    scene = Schema.model_validate({"pois": [{"name": "Café Nord", "category": "cafe", "address": {
+        "house_number": "12b", "street": "Rue de la Paix"}, "phone": "+33 1 42 00 00 00", "website": "cafenord.fr",
+        "opening_hours": [{"first_day": "mon", "last_day": "fri", "opens": "08:00", "closes": "19:30"}]}]})
+    ids = tok(canonical_json(scene), add_special_tokens=False)["input_ids"] + [eos]
+    width = len(tok)
+    out = {}
+    for batch in (1, 8):
+        for backend in ("outlines_core", "outlines"):
+            lp = logits_processor(backend, index, eos)
+            timings = []
+            for _ in range(reps + 1):  # the first walk warms up (outlines compiles its kernel)
+                lp.reset()
+                seen = torch.zeros(batch, 1, dtype=torch.long)
+                t = time.perf_counter()
+                for token in ids:
+                    lp(seen, torch.zeros(batch, width))
+                    seen = torch.cat([seen, torch.full((batch, 1), token)], dim=1)
+                timings.append((time.perf_counter() - t) / len(ids))
+            out[f"batch{batch}_{backend}"] = statistics.median(timings[1:])
+    out["tokens"] = len(ids)
+    return out
 
 
 def bench_throughput(model, processor, n_images: int) -> dict:
@@ -202,10 +258,19 @@ def report(results: dict, args) -> str:
                   "outlines processor s/token | overhead |", "|---|---|---|---|---|---|---|"]
         for row in results["overhead"].values():
             a, b, u = row["outlines_core"], row["outlines"], row["unconstrained"]
-            lines.append(f"| {row['batch']} | {a['tokens']} | {u['per_token_s'] * 1e3:.1f} ms | "
+            lines.append(f"| {row['batch']} | {row['tokens']['outlines_core']} | {u['per_token_s'] * 1e3:.1f} ms | "
                          f"{a['per_token_s'] * 1e3:.1f} ms | {a['overhead']:+.1%} | {b['per_token_s'] * 1e3:.1f} ms | "
                          f"{b['overhead']:+.1%} |")
-        lines += ["", "Per generated token after warm-up, prefill excluded (median of repeats). Target: <= 10%.", ""]
+        lines += ["", "Per generated token after warm-up, prefill excluded; overhead is the median over repeats of "
+                  "each repeat's ratio (runs interleaved in shuffled order). Target: <= 10%.", ""]
+    if "processor" in results:
+        pr = results["processor"]
+        lines += ["| batch | vlx processor (outlines_core) per step | outlines processor per step |", "|---|---|---|"]
+        for batch in (1, 8):
+            lines.append(f"| {batch} | {pr[f'batch{batch}_outlines_core'] * 1e3:.2f} ms | "
+                         f"{pr[f'batch{batch}_outlines'] * 1e3:.2f} ms |")
+        lines += ["", f"The grammar's own cost per step (advance + mask + apply, 49k-wide logits, no model), "
+                  f"walking a {pr['tokens']}-token canonical answer.", ""]
     if "throughput" in results:
         t = results["throughput"]
         v, o = t["vlx"], t["outlines"]
@@ -227,9 +292,10 @@ def main() -> None:
         _child_compile(sys.argv[2], sys.argv[3])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["compile", "overhead", "throughput"], action="append")
+    parser.add_argument("--only", choices=["compile", "processor", "overhead", "throughput"], action="append")
     parser.add_argument("--images", type=int, default=8, help="images for the throughput comparison")
     parser.add_argument("--reps", type=int, default=3, help="repeats per overhead measurement")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes for the overhead")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: on a shared 2-core machine more threads wait on each other)")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
@@ -239,15 +305,18 @@ def main() -> None:
     from vlx.model import smol
 
     torch.set_num_threads(args.threads)
-    todo = args.only or ["compile", "overhead", "throughput"]
+    todo = args.only or ["compile", "processor", "overhead", "throughput"]
     results = {}
     if "compile" in todo:
         results["compile"] = bench_compile(str(smol.llm_dir()))
         print(json.dumps(results["compile"]), file=sys.stderr)
+    if "processor" in todo:
+        results["processor"] = bench_processor(str(smol.llm_dir()), args.reps)
+        print(json.dumps(results["processor"]), file=sys.stderr)
     if "overhead" in todo or "throughput" in todo:
         model, processor = _smol_llava()
         if "overhead" in todo:
-            results["overhead"] = bench_overhead(model, processor, args.reps)
+            results["overhead"] = bench_overhead(model, processor, args.reps, args.batches)
             print(json.dumps(results["overhead"]), file=sys.stderr)
         if "throughput" in todo:
             results["throughput"] = bench_throughput(model, processor, args.images)
