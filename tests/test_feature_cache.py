@@ -101,6 +101,8 @@ def test_changed_tower_processor_or_image_is_a_miss(tiny, colour_data, tmp_path)
     other_processor.image_mean = [0.5, 0.5, 0.5]
     moved = FeatureCache(tmp_path / "cache", model, other_processor)
     assert moved.dir != base.dir and len(moved) == 0
+    with pytest.raises(ValueError, match="preprocesses images differently"):
+        CachedFeatureDataset(dataset, moved)  # features of one preprocessing never serve another
 
     Image.new("RGB", (40, 30), (1, 2, 3)).save(images / "img4.png")  # same path, new content
     again = CachedFeatureDataset(dataset, FeatureCache(tmp_path / "cache", model, processor.image_processor))
@@ -111,7 +113,6 @@ def test_changed_tower_processor_or_image_is_a_miss(tiny, colour_data, tmp_path)
 def test_processes_fill_disjoint_slices_and_ignore_partial_files(tiny, colour_data, tmp_path):
     model = tiny[0]
     dataset = _dataset(tiny, colour_data / "captions.json")
-    (tmp_path / "ns").mkdir()
     cache0 = FeatureCache(tmp_path, model, tiny[1].image_processor)
     (cache0.dir / ".deadbeef.safetensors.tmp").write_bytes(b"half a shard")  # a writer killed mid-write
     cache0.refresh()

@@ -126,7 +126,8 @@ class FeatureCache:
             raise ValueError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
         self.precision = precision
         self.dtype = PRECISIONS[precision]
-        meta = {"tower": tower_fingerprint(model), "image_processor": processor_fingerprint(image_processor),
+        self.processor_hash = processor_fingerprint(image_processor)
+        meta = {"tower": tower_fingerprint(model), "image_processor": self.processor_hash,
                 "precision": precision, "dtype": str(self.dtype), "format": 1}
         namespace = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
         self.dir = Path(root).expanduser() / namespace
@@ -191,6 +192,8 @@ class CachedFeatureDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: LlavaDataset, cache: FeatureCache, *, hash_threads: int = 8):
+        if processor_fingerprint(dataset.image_processor) != cache.processor_hash:
+            raise ValueError("the dataset preprocesses images differently from the feature cache's image processor")
         self.dataset = dataset
         self.cache = cache
         images = [(i, ex.image) for i, ex in enumerate(dataset.examples) if ex.has_image]
