@@ -191,3 +191,32 @@ def test_a_partitioned_tower_is_refused(tiny, tmp_path):
     next(model.model.vision_tower.parameters()).ds_id = 0  # what DeepSpeed ZeRO-3 marks its partitioned weights with
     with pytest.raises(ConfigError, match="--stage 2 --init-from"):
         FeatureCache(tmp_path, model, tiny[1].image_processor)
+
+
+@pytest.mark.slow
+def test_two_processes_fill_once_and_match_one_process(colour_data, tmp_path):
+    """accelerate + gloo DDP on CPU: each process fills half the cache, then both train from it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    common = ["train-base", "--preset", "tiny", "--stage1-data", str(colour_data / "captions.json"), "--stage", "1",
+              "--max-steps", "3", "--global-batch-size", "4", "--per-device-batch-size", "2", "--packing"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLX_PRECISION": "fp32"}
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    config = Path(__file__).resolve().parent.parent / "templates" / "accelerate" / "cpu_2proc.yaml"
+    two = subprocess.run([accelerate, "launch", "--config_file", str(config), "-m", "vlx.cli", *common,
+                          "--feature-cache", str(tmp_path / "features"), "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "vlx.cli", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    def losses(run):
+        return [e["loss"] for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in e]
+
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    shards = list((tmp_path / "features").glob("*/*.safetensors"))
+    assert len(shards) == 2  # one shard per process, each with its own half of the 16 images
