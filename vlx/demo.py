@@ -46,11 +46,13 @@ class DemoConfig:
     n_instruct: int
     """Stage-2 instruction rows (mixture of conversation, short-answer VQA, multiple choice, text)."""
     n_poi: int
-    """Street scenes over all splits (80/10/10 train/val/test)."""
+    """Street scenes over all splits (`poi_splits`)."""
     n_chat: int
     """Chat-replay conversations (seed 1)."""
     n_chat_eval: int
     """Held-out chat conversations (seed 2)."""
+    poi_splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Train/validation/test shares of the street scenes."""
     stage1: dict = field(default_factory=dict)
     """`TrainConfig` overrides of the preset's stage-1 values."""
     stage2: dict = field(default_factory=dict)
@@ -74,10 +76,13 @@ QUICK = DemoConfig(
     stage1=dict(max_steps=2), stage2=dict(max_steps=2), finetune=dict(max_steps=3),
     lora=dict(r=8, alpha=16), val_max=0, workers=1,
 )
+# Sized to the time budget of a 2-core CPU: every sample passes through the 135M-parameter LLM
+# (forward and backward; a fine-tune sample is ~550 tokens with its 144 image tokens and format
+# prompt) at roughly 0.1-0.3 samples/s with bf16 autocast, and every answer is decoded token by token.
 FULL = DemoConfig(
-    preset="smol", image_size=224, n_captions=512, n_instruct=512, n_poi=800, n_chat=320, n_chat_eval=48,
-    stage1=dict(epochs=1.0), stage2=dict(epochs=1.0), finetune=dict(epochs=2.0),
-    lora=dict(r=32, alpha=64, dropout=0.05), chat_ratio=0.5, val_max=8,
+    preset="smol", image_size=224, n_captions=64, n_instruct=64, n_poi=80, poi_splits=(0.7, 0.1, 0.2),
+    n_chat=32, n_chat_eval=12, stage1=dict(epochs=1.0), stage2=dict(epochs=1.0), finetune=dict(epochs=1.0),
+    lora=dict(r=16, alpha=32, dropout=0.05), chat_ratio=0.25, val_max=0,
 )
 
 
@@ -94,7 +99,9 @@ def make_data(cfg: DemoConfig, data: Path, progress=None) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     for name, (kind, n, seed) in zip(names, jobs):
         tick = progress(f"synth {name}", image_count(kind, n)) if progress else None
-        result = synth(kind, data / name, n, seed=seed, image_size=cfg.image_size, workers=cfg.workers, progress=tick)
+        extra = {"splits": cfg.poi_splits} if kind == "poi" else {}
+        result = synth(kind, data / name, n, seed=seed, image_size=cfg.image_size, workers=cfg.workers, progress=tick,
+                       **extra)
         if kind == "poi":
             paths.update({f"poi_{split}": p for split, p in result.items()})
         elif kind == "instruct":
@@ -321,8 +328,16 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, ablation: bool = 
     with Progress(*columns, console=console or Console(stderr=True)) as bar:
         overall = bar.add_task(f"vlx demo ({cfg.preset})", total=len(steps))
 
-        def step(name: str):
-            bar.update(overall, description=f"vlx demo ({cfg.preset}): {name}")
+        timings: dict[str, float] = {}  # wall seconds per step
+
+        def step(name: str | None):
+            now = time.perf_counter()
+            if timings:
+                last = next(reversed(timings))
+                timings[last] = now - timings[last]
+            if name is not None:
+                timings[name] = now  # start time until the next step() replaces it by the duration
+                bar.update(overall, description=f"vlx demo ({cfg.preset}): {name}")
 
         def progress(description: str, total: int):
             task = bar.add_task(f"  {description}", total=total)
@@ -349,8 +364,10 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, ablation: bool = 
         step("report")
         seconds = time.perf_counter() - started
         write_report(out, cfg, reports, runs, eval_dirs, paths, seconds)
+        step(None)
         bar.advance(overall)
-    result = {"preset": cfg.preset, "quick": quick, "wall_seconds": seconds, "config": dataclasses.asdict(cfg),
+    result = {"preset": cfg.preset, "quick": quick, "wall_seconds": seconds, "step_seconds": timings,
+              "config": dataclasses.asdict(cfg),
               "summary": summary_line(reports, seconds)}
     for name, r in reports.items():
         result[name] = {"headline": headline(r), "run": str(runs[name]), "eval": str(eval_dirs[name]),
