@@ -1,0 +1,398 @@
+"""`python bench/train_throughput.py [--quick] [--steps 6] [--samples 96]`
+
+Training throughput, vlx against TRL's `SFTTrainer`, on the same model, data, global batch and
+number of steps, in one invocation. Every configuration runs in its own process (so peak memory is
+its own) from the same saved initial weights:
+
+- stage 2 (visual instruction tuning: projector + LLM train), on a synthetic LLaVA-style mixture
+  (multi-turn conversations, short answers, multiple choice, text-only rows):
+  - `trl`: `SFTTrainer` on conversational rows with images, configured as TRL's VLM docs say
+    (`max_length=None` so image tokens are never cut, the processor as processing class,
+    `assistant_only_loss=True` with a `{% generation %}` template so the same answer tokens are
+    supervised); gradient checkpointing and precision set like vlx's (TRL's defaults would turn
+    checkpointing on, which only slows it down here);
+  - `vlx`: `LlavaTrainer` as `vlx train-base` runs it by default (modality-length grouping);
+  - `vlx+packing`: the same with `--packing`;
+  - `vlx+packing+cache`: also `--feature-cache`, the cache filled beforehand (its fill time is printed);
+- stage 1 (alignment: only the projector trains) over several epochs, with and without the feature
+  cache (and with cache and packing); throughput is taken from the second epoch on.
+
+Samples/s and tokens/s (real tokens, image tokens included, no padding) are measured from the end of
+the first optimizer step to the end of the last, so model loading and warm-up are excluded for
+every contender alike. Samples per CPU-second (the process's CPU time over the same span) is the
+steadier figure on a machine shared with other jobs, where wall time depends on their load; run
+with `OMP_NUM_THREADS=1` there so that it counts one thread's work. Peak memory is the process's maximum RSS (CPU) or CUDA peak allocation.
+The final loss is the mean of the last three logged steps (each over a different batch, so it is
+compared with its spread across those steps).
+
+The model is the `smol` preset (SmolLM2-135M + a 4-layer CLIP at 168 px). If the pre-trained smol
+vision tower is not in the cache yet (pre-training it takes a while on a CPU), a randomly initialised
+tower of exactly its shape is used: throughput depends on shapes only, and every contender trains
+the same weights. `--quick` uses the `tiny` preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+STAGE2 = ("trl", "vlx", "vlx+packing", "vlx+packing+cache")
+STAGE1 = ("stage1", "stage1+cache", "stage1+packing+cache")
+
+
+# --- shared setup (parent process) -------------------------------------------------------------
+
+
+def make_model(work: Path, quick: bool) -> Path:
+    """Build the preset once and save it: every run starts from these exact weights."""
+    from vlx import ModelConfig, build_llava
+
+    init = work / "init"
+    if (init / "config.json").exists():
+        return init
+    if quick:
+        model, processor = build_llava(ModelConfig(preset="tiny"))
+    else:
+        model, processor = build_llava(ModelConfig(preset="smol", vision=smol_vision(work)))
+    model.save_pretrained(init)
+    processor.save_pretrained(init)
+    return init
+
+
+def smol_vision(work: Path) -> str:
+    """The pre-trained smol tower if cached, else a random tower of the same shape (same throughput)."""
+    from transformers import CLIPVisionModel
+
+    from vlx.model import clip_pretrain, smol
+
+    cfg = clip_pretrain.PretrainConfig()
+    cached = smol.cache_dir() / f"smol-clip-{cfg.digest()}"
+    if (cached / smol.CACHE_FILE).exists():
+        return str(cached)
+    print(f"note: {cached} not built yet; using a random vision tower of the same shape", file=sys.stderr)
+    target = work / "random-smol-clip"
+    torch.manual_seed(0)
+    shape = (clip_pretrain.vision_config(cfg) if hasattr(clip_pretrain, "vision_config")
+             else clip_pretrain.clip_config(cfg).vision_config)
+    CLIPVisionModel(shape).save_pretrained(target)
+    return str(target)
+
+
+def make_data(work: Path, samples: int, image_size: int) -> dict[str, Path]:
+    from vlx.data.synth import synth
+
+    out = {}
+    for kind in ("captions", "instruct"):
+        d = work / kind
+        if not (d / "data.json").exists():
+            synth(kind, d, samples, seed=0, image_size=image_size)
+        out[kind] = d / ("mixture.yaml" if kind == "instruct" else "data.json")
+    return out
+
+
+# --- one configuration (child process) ---------------------------------------------------------
+
+
+class Clock:
+    """Trainer callback: wall time and samples/tokens per optimizer step, and per epoch."""
+
+    def __init__(self):
+        self.step_end: list[float] = []
+        self.step_cpu: list[float] = []
+        self.epoch_start: list[float] = []
+        self.epoch_end: list[float] = []
+        self.epoch_cpu: list[float] = []
+        self.losses: list[float] = []
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _CB(TrainerCallback):
+            def on_epoch_begin(self, args, state, control, **kw):
+                clock.epoch_start.append(time.perf_counter())
+
+            def on_epoch_end(self, args, state, control, **kw):
+                clock.epoch_end.append(time.perf_counter())
+                clock.epoch_cpu.append(time.process_time())
+
+            def on_step_end(self, args, state, control, **kw):
+                clock.step_end.append(time.perf_counter())
+                clock.step_cpu.append(time.process_time())
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "loss" in logs:
+                    clock.losses.append(float(logs["loss"]))
+
+        return _CB()
+
+
+def counting(trainer_cls, pad_token_id: int):
+    """A subclass of `trainer_cls` that counts the real tokens of every micro-batch it trains on."""
+
+    class Counting(trainer_cls):
+        tokens_per_step: list[int] = []
+        _pending = 0
+
+        def compute_loss(self, model, inputs, *a, **kw):
+            if "attention_mask" in inputs:
+                self._pending += int(inputs["attention_mask"].sum())
+            else:  # packed: no mask, pad tokens only in the short tails
+                self._pending += int((inputs["input_ids"] != pad_token_id).sum())
+            return super().compute_loss(model, inputs, *a, **kw)
+
+    def on_step(trainer):
+        trainer.tokens_per_step.append(trainer._pending)
+        trainer._pending = 0
+
+    return Counting, on_step
+
+
+def run_one(name: str, args) -> dict:
+    from transformers import TrainerCallback
+
+    from vlx.config import TrainConfig
+    from vlx.data.dataset import Collator, LlavaDataset, prepare
+    from vlx.data.feature_cache import CachedFeatureDataset, FeatureCache, fill_feature_cache
+    from vlx.data.formats import load_rows
+    from vlx.data.packing import PackingCollator, packs_into_one_row, supervised_loss
+    from vlx.device import device, resolve_precision
+    from vlx.model.build import load_llava
+    from vlx.train.base import set_trainable, training_args
+    from vlx.train.trainer import LlavaTrainer
+
+    torch.manual_seed(0)
+    model, processor = load_llava(args.init)
+    info = json.loads((Path(args.init) / "bench.json").read_text())
+    template, max_length = info["template"], info["max_length"]
+    stage = "1" if name.startswith("stage1") else "2"
+    set_trainable(model, stage)
+    precision = resolve_precision("auto")
+    epochs = args.stage1_epochs if stage == "1" else 1
+    cfg = TrainConfig(learning_rate=1e-3 if stage == "1" else 5e-5, global_batch_size=args.global_batch,
+                      per_device_batch_size=args.micro_batch, epochs=epochs,
+                      max_steps=-1 if stage == "1" else args.steps, warmup_ratio=0.0, precision=precision,
+                      logging_steps=1, seed=0)
+    clock = Clock()
+    pad = processor.tokenizer.pad_token_id
+    work = Path(args.work)
+    out_dir = work / "out" / name
+    data = args.captions if stage == "1" else args.instruct
+    fill_s = None
+
+    if name == "trl":
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        from vlx.data.dataset import open_image, row_turns
+
+        rows = load_rows(data)
+        records = []
+        for row in rows:
+            turns = row_turns(row, template)
+            messages = []
+            for k, t in enumerate(turns):
+                user = t.user
+                if k == 0 and row.image is not None:
+                    user = user.replace("<image>\n", "", 1).replace("<image>", "", 1)
+                    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]})
+                else:
+                    messages.append({"role": "user", "content": [{"type": "text", "text": user}]})
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": t.assistant}]})
+            records.append({"messages": messages,
+                            "images": [open_image(row.image)] if row.image is not None else []})
+        dataset = Dataset.from_list(records)
+        processor.chat_template = training_template(template)
+        sft = SFTConfig(
+            output_dir=str(out_dir), per_device_train_batch_size=cfg.per_device_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps(1), learning_rate=cfg.learning_rate,
+            max_steps=cfg.max_steps, num_train_epochs=cfg.epochs, lr_scheduler_type=cfg.lr_scheduler,
+            warmup_steps=0, weight_decay=0.0, logging_steps=1, save_strategy="no", seed=0, data_seed=0,
+            bf16=precision == "bf16", use_cpu=device() == "cpu", report_to="none",
+            max_length=None, assistant_only_loss=True, gradient_checkpointing=cfg.gradient_checkpointing,
+            dataloader_num_workers=0,
+        )
+        cls, on_step = counting(SFTTrainer, pad)
+        trainer = cls(model=model, args=sft, train_dataset=dataset, processing_class=processor,
+                      callbacks=[clock.callback()])
+    else:
+        template_used = "plain" if stage == "1" else template
+        rows = load_rows(data)
+        examples, bad = prepare(rows, processor.tokenizer, template=template_used,
+                                image_token_id=model.config.image_token_id,
+                                num_image_tokens=model.config.image_seq_length, max_length=max_length)
+        assert not bad, bad[:3]
+        dataset = LlavaDataset(examples, processor.image_processor)
+        if "cache" in name:
+            cache = FeatureCache(work / "features", model, processor.image_processor, precision=precision)
+            dataset = CachedFeatureDataset(dataset, cache)
+            t0 = time.perf_counter()
+            fill_feature_cache(dataset, model)
+            fill_s = time.perf_counter() - t0
+        packing = "packing" in name
+        collator = (PackingCollator(pad, packs_into_one_row(model), supervised_logits=True) if packing
+                    else Collator(pad))
+        cls, on_step = counting(LlavaTrainer, pad)
+        trainer = cls(model=model, args=training_args(cfg, out_dir), train_dataset=dataset, data_collator=collator,
+                      modality_lengths=dataset.lengths, callbacks=[clock.callback()],
+                      compute_loss_func=supervised_loss if packing else None)
+        trainer.args.save_strategy = "no"
+
+    class StepTokens(TrainerCallback):
+        def on_step_end(self, *a, **kw):
+            on_step(trainer)
+
+    trainer.add_callback(StepTokens())
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+
+    steps = len(clock.step_end)
+    gb = args.global_batch
+    if stage == "1":  # from the second epoch on
+        per_epoch = steps // epochs
+        span = clock.epoch_end[-1] - clock.epoch_end[0]
+        cpu = clock.epoch_cpu[-1] - clock.epoch_cpu[0]
+        measured_steps = steps - per_epoch
+        tokens = sum(trainer.tokens_per_step[per_epoch:])
+        first_epoch_s = clock.epoch_end[0] - clock.epoch_start[0]
+    else:
+        span = clock.step_end[-1] - clock.step_end[0]
+        cpu = clock.step_cpu[-1] - clock.step_cpu[0]
+        measured_steps = steps - 1
+        tokens = sum(trainer.tokens_per_step[1:])
+        first_epoch_s = None
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    last = clock.losses[-3:]
+    return {"name": name, "steps": steps, "measured_steps": measured_steps, "seconds": span,
+            "samples_per_s": measured_steps * gb / span, "tokens_per_s": tokens / span,
+            "cpu_seconds": cpu, "samples_per_cpu_s": measured_steps * gb / cpu,
+            "peak_mb": peak, "final_loss": sum(last) / len(last),
+            "loss_spread": (max(last) - min(last)) / 2, "losses": clock.losses, "fill_s": fill_s,
+            "first_epoch_s": first_epoch_s, "precision": precision, "device": device()}
+
+
+def training_template(template: str) -> str:
+    """vlx's chat template with `{% generation %}` around each answer and its end-of-turn token, so
+    TRL's `assistant_only_loss` supervises the same tokens vlx's label masking does."""
+    from vlx.data.templates import CHATML_SYSTEM, VICUNA_SYSTEM, _CONTENT
+
+    if template == "chatml":
+        return ("{%- if messages[0]['role'] != 'system' -%}{{ '<|im_start|>system\\n" + CHATML_SYSTEM
+                + "<|im_end|>\\n' }}{%- endif -%}"
+                "{%- for message in messages -%}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+                "{%- if message['role'] == 'assistant' -%}{%- generation -%}" + _CONTENT
+                + "{{ '<|im_end|>' }}{%- endgeneration -%}{{ '\\n' }}"
+                "{%- else -%}" + _CONTENT + "{{ '<|im_end|>\\n' }}{%- endif -%}{%- endfor -%}"
+                "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}")
+    if template == "vicuna_v1":
+        return ("{%- for message in messages -%}"
+                "{%- if loop.first -%}{{ (message['content'] if message['role'] == 'system' else '"
+                + VICUNA_SYSTEM.replace("'", "\\'") + "') + ' ' }}{%- endif -%}"
+                "{%- if message['role'] == 'user' -%}{{ 'USER: ' }}" + _CONTENT + "{{ ' ASSISTANT:' }}"
+                "{%- elif message['role'] == 'assistant' -%}{{ ' ' }}{%- generation -%}" + _CONTENT
+                + "{{ '</s>' }}{%- endgeneration -%}{%- endif -%}{%- endfor -%}")
+    raise ValueError(f"no training template for {template!r}")
+
+
+# --- orchestration -----------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny preset (seconds) instead of smol")
+    p.add_argument("--steps", type=int, default=6, help="stage-2 optimizer steps per contender (first is warm-up)")
+    p.add_argument("--samples", type=int, default=96, help="synthetic rows per stage")
+    p.add_argument("--global-batch", type=int, default=8)
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--stage1-epochs", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=336, help="synthetic image side (LLaVA's data: 336 and up)")
+    p.add_argument("--only", default=",".join(STAGE2 + STAGE1), help="comma-separated subset of the runs")
+    p.add_argument("--work", help="working directory (default: a temporary one)")
+    p.add_argument("--json", help="write all results here")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--init", help=argparse.SUPPRESS)
+    p.add_argument("--captions", help=argparse.SUPPRESS)
+    p.add_argument("--instruct", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.one:
+        result = run_one(args.one, args)
+        print("RESULT " + json.dumps(result))
+        return 0
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="vlx-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    data = make_data(work, args.samples, args.image_size)
+    init = make_model(work, args.quick)
+    from vlx.model.build import resolve
+    from vlx.config import ModelConfig
+
+    preset = resolve(ModelConfig(preset="tiny" if args.quick else "smol"))
+    (init / "bench.json").write_text(json.dumps({"template": preset.template, "max_length": preset.max_length}))
+    print(f"setup {time.time() - t0:.0f} s; work dir {work}", file=sys.stderr)
+
+    results = {}
+    for name in args.only.split(","):
+        cmd = [sys.executable, __file__, "--one", name, "--init", str(init), "--work", str(work),
+               "--captions", str(data["captions"]), "--instruct", str(data["instruct"]),
+               "--steps", str(args.steps), "--global-batch", str(args.global_batch),
+               "--micro-batch", str(args.micro_batch), "--stage1-epochs", str(args.stage1_epochs)]
+        t = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            print(f"{name}: failed\n{proc.stderr[-4000:]}", file=sys.stderr)
+            return 1
+        results[name] = json.loads(lines[-1][len("RESULT "):])
+        print(f"{name}: done in {time.time() - t:.0f} s", file=sys.stderr)
+
+    report(results, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def report(results: dict, args) -> None:
+    any_result = next(iter(results.values()))
+    print(f"\npreset {'tiny' if args.quick else 'smol'}, {any_result['device']}, {any_result['precision']}; "
+          f"global batch {args.global_batch} (micro-batch {args.micro_batch}); {args.samples} rows per stage")
+    header = (f"{'run':<22}{'samples/s':>10}{'tokens/s':>10}{'samples/cpu-s':>15}{'peak MB':>9}{'final loss':>16}"
+              "  notes")
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        notes = []
+        if r["fill_s"] is not None:
+            notes.append(f"cache fill {r['fill_s']:.1f} s")
+        if r["first_epoch_s"] is not None:
+            notes.append(f"epoch 1 {r['first_epoch_s']:.1f} s; measured epochs 2+")
+        loss = f"{r['final_loss']:.3f}±{r['loss_spread']:.3f}"
+        print(f"{name:<22}{r['samples_per_s']:>10.2f}{r['tokens_per_s']:>10.0f}{r['samples_per_cpu_s']:>15.2f}"
+              f"{r['peak_mb']:>9.0f}{loss:>16}  " + "; ".join(notes))
+    if "trl" in results:
+        for name in ("vlx", "vlx+packing", "vlx+packing+cache"):
+            if name in results:
+                print(f"{name} / trl: {results[name]['samples_per_s'] / results['trl']['samples_per_s']:.2f}x samples/s, "
+                      f"{results[name]['samples_per_cpu_s'] / results['trl']['samples_per_cpu_s']:.2f}x samples/cpu-s")
+    if "stage1" in results and "stage1+cache" in results:
+        ratio = results["stage1+cache"]["samples_per_s"] / results["stage1"]["samples_per_s"]
+        cpu_ratio = results["stage1+cache"]["samples_per_cpu_s"] / results["stage1"]["samples_per_cpu_s"]
+        print(f"stage 1 with / without the feature cache (epochs 2+): {ratio:.2f}x samples/s, "
+              f"{cpu_ratio:.2f}x samples/cpu-s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
