@@ -62,9 +62,9 @@ def build(tiny: bool, layers: int, device: str):
     text.pad_token_id, text.bos_token_id, text.eos_token_id = (tokenizer.pad_token_id, tokenizer.bos_token_id,
                                                                tokenizer.eos_token_id)
     config = llava_config(vision, text, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
-    config._attn_implementation = attn_implementation() if device == "cuda" else "sdpa"
     with torch.device(device):
         model = LlavaForConditionalGeneration(config)
+    model.set_attn_implementation(attn_implementation() if device == "cuda" else "sdpa")  # every sub-model
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = [tokenizer.eos_token_id]
     processor = llava_processor(tokenizer, vision, chat_template=JINJA["vicuna_v1"])
