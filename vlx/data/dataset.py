@@ -170,7 +170,9 @@ class Collator:
             input_ids[i, :n] = torch.tensor(b["input_ids"])
             labels[i, :n] = torch.tensor(b["labels"])
             attention_mask[i, :n] = 1
-        out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        # use_cache=False: the Trainer switches the KV cache off on the top-level LLaVA config only,
+        # so the LLM would otherwise build one on every training step.
+        out = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "use_cache": False}
         pixels = [b["pixel_values"] for b in batch if b["pixel_values"] is not None]
         if pixels:
             out["pixel_values"] = torch.stack(pixels)  # (n_images, 3, S, S)
