@@ -45,6 +45,16 @@ def colour_data(tmp_path_factory):
     return d
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The test models are tiny: their matmuls are too small to split, and on a busy 2-core machine
+    two intra-op threads mostly wait on each other (generation was measured 10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def logits(model, processor, text="USER: <image>\nWhat is it? ASSISTANT:", image=None):
     image = image if image is not None else Image.new("RGB", (36, 28), (200, 50, 50))
     inputs = processor(images=image, text=text, return_tensors="pt")

@@ -42,14 +42,6 @@ def _cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VLX_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "vlx-cache"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tiny model's matmuls are too small to split: on a busy 2-core machine the intra-op
-    # threads mostly wait on each other (measured 10x slower generation with 2 threads).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Colour(str, Enum):

@@ -395,16 +395,6 @@ def test_wrong_directory_and_names(tmp_path):
 # ---- end to end on the tiny model -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model's matrices are too small to gain from intra-op threads; on a busy 2-core
-    machine the waiting threads made these generations 10-20x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

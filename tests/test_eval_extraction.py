@@ -30,15 +30,6 @@ class Shop(BaseModel):
 TARGETS = [("Luna", "cafe", True), ("City", "bank", False), ("Ost", "cafe", True)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny-model batches gain nothing from intra-op threads on a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

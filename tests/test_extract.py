@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from typer.testing import CliRunner
 
 import vlx
-from vlx.api import Extractor, ImageError, load_image
+from vlx.api import ImageError, load_image
 from vlx.cli import app
 from vlx.model.build import ModelLoadError
 from vlx.run import RunInfo
@@ -35,11 +35,6 @@ class Sign(BaseModel):
 @pytest.fixture(autouse=True)
 def _env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VLX_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "vlx-cache"))
-    # Tiny matmuls: intra-op threads only wait on each other on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

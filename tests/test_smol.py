@@ -30,14 +30,6 @@ CHATML = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The micro CLIP models here are all overhead: on a busy 2-core machine, two threads waiting on
-    # each other made a 15-step run 50x slower than one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -825,7 +825,7 @@ def _icon(draw: ImageDraw.ImageDraw, category: str, box: tuple[float, float, flo
     """A pictogram per category, drawn with simple shapes inside `box`."""
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    cx = (x0 + x1) / 2
     lw = max(1, round(w / 12))
     P = lambda fx, fy: (x0 + fx * w, y0 + fy * h)  # noqa: E731
     if category == "cafe":

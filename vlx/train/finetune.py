@@ -29,7 +29,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from vlx.config import ConfigError, FinetuneDataConfig, LoraConfig, TrainConfig, to_dict
-from vlx.data.dataset import Collator, LlavaDataset, prepare, report_problems, write_rejects
+from vlx.data.dataset import Collator, LlavaDataset, prepare, report_problems
 from vlx.data.formats import DataError, Row, load_rows
 from vlx.device import device
 from vlx.model.build import ModelLoadError, load_llava
