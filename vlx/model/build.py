@@ -27,7 +27,6 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from vlx.config import ModelConfig
-from vlx.data.templates import JINJA
 from vlx.model import smol, tiny
 from vlx.model.llava import IMAGE_TOKEN, init_projector, llava_config, llava_processor
 from vlx.model.presets import get_preset
@@ -170,6 +169,8 @@ def build_llava(cfg: ModelConfig) -> tuple[LlavaForConditionalGeneration, LlavaP
     _materialize_buffers(model, tower, lm)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = _eos_ids(tokenizer, cfg.template)
+
+    from vlx.data.templates import JINJA  # vlx.data.templates imports vlx.model: resolve at call time
 
     processor = llava_processor(tokenizer, tower.config, aspect_ratio=cfg.image_aspect_ratio,
                                 chat_template=JINJA[cfg.template], image_mean=mean, image_std=std)
