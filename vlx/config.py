@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     preset: str = "tiny"
-    """Named preset (`vlx.model.PRESETS`): `tiny`, `llava-1.5-7b`, `llava-1.5-13b`."""
+    """Named preset (`vlx.model.PRESETS`): `tiny`, `smol` (the embedded default), `llava-1.5-7b`, `llava-1.5-13b`."""
     vision: str | None = None
     """Vision tower: a hub id or local directory of a CLIP-like vision model; default from the preset."""
     llm: str | None = None
