@@ -99,7 +99,7 @@ def answer_nll(model, processor, template: str, rows, *, batch_size: int = 4,
         for start in range(0, len(dataset), batch_size):
             batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             labels = batch.pop("labels").to(model.device)
-            batch = {k: v.to(model.device) for k, v in batch.items()}
+            batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             if "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].to(dtype)
             logits = model(**batch).logits.float()  # (B, L, vocab)
