@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -21,6 +22,15 @@ def tiny():
     from vlx import ModelConfig, build_llava
 
     return build_llava(ModelConfig(preset="tiny"))
+
+
+@pytest.fixture
+def trainable(tiny):
+    """A trainable copy of the tiny model: everything but the vision tower, as in LLaVA stage 2."""
+    model = copy.deepcopy(tiny[0]).train()
+    for name, p in model.named_parameters():
+        p.requires_grad_("vision_tower" not in name)
+    return model
 
 
 @pytest.fixture(scope="session")

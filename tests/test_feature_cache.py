@@ -33,14 +33,6 @@ def _dataset(tiny, data_file, image_processor=None) -> LlavaDataset:
     return LlavaDataset(examples, image_processor or processor.image_processor)
 
 
-@pytest.fixture
-def trainable(tiny):
-    model = copy.deepcopy(tiny[0]).train()
-    for name, p in model.named_parameters():
-        p.requires_grad_("vision_tower" not in name)
-    return model
-
-
 def test_cached_features_give_the_same_loss_and_gradients(tiny, trainable, colour_data, tmp_path):
     dataset = _dataset(tiny, colour_data / "instruct.json")
     cached = CachedFeatureDataset(dataset, FeatureCache(tmp_path, trainable, tiny[1].image_processor))

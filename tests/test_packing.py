@@ -40,14 +40,6 @@ def _loss_and_grads(model, batch):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.fixture
-def trainable(tiny):
-    model = copy.deepcopy(tiny[0]).train()
-    for name, p in model.named_parameters():
-        p.requires_grad_("vision_tower" not in name)
-    return model
-
-
 @pytest.mark.parametrize("attn, one_row", [("sdpa", True), ("sdpa", False), ("eager", False)])
 def test_packed_equals_padded(trainable, tiny, items, attn, one_row):
     trainable.set_attn_implementation(attn)
