@@ -110,10 +110,17 @@ def vqa_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
     gts = list(gt_answers)
     if len(set(gts)) > 1:
         gts = [process_punctuation(a) for a in gts]
-    accs = []
-    for i in range(len(gts)):
-        matching = sum(1 for j, a in enumerate(gts) if j != i and a == res)
-        accs.append(min(1.0, matching / 3))
+    return leave_one_out_accuracy(res, gts)
+
+
+def leave_one_out_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """The VQA accuracy: min(1, matches / 3) against each set of the other annotators, averaged.
+
+    >>> leave_one_out_accuracy("2", ["2"] * 3 + ["two"] * 7)
+    0.9
+    """
+    accs = [min(1.0, sum(1 for j, a in enumerate(answers) if j != i and a == prediction) / 3)
+            for i in range(len(answers))]
     return sum(accs) / len(accs)
 
 
@@ -139,11 +146,7 @@ def textvqa_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
     if len(answers) != 10:
         raise ValueError(f"TextVQA scoring expects 10 human answers per question, got {len(answers)}")
     pred = evalai_normalize(prediction)
-    accs = []
-    for i in range(len(answers)):
-        matching = sum(1 for j, a in enumerate(answers) if j != i and a == pred)
-        accs.append(min(1.0, matching / 3))
-    return sum(accs) / len(accs)
+    return leave_one_out_accuracy(pred, answers)
 
 
 # ---------------------------------------------------------------------------------------------
