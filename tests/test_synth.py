@@ -128,6 +128,52 @@ def test_instruct_mixture(tmp_path):
                     assert len(options) >= 2 and a in options
 
 
+def test_street_captions_and_vqa_say_what_the_signs_read(tmp_path):
+    """Street captions (stage 1) and street VQA (stage 2) answer from the scene's own ground truth:
+    the same seed drawn as `poi` rows gives the same scenes' targets."""
+    captions = json.loads(synth_captions(tmp_path / "cap", 12, seed=4, image_size=224,
+                                         mix={"shapes": 0.5, "street": 0.5}).read_text())
+    _check_llava_rows(tmp_path / "cap", captions, 224)
+    street = [r["conversations"][1]["value"] for r in captions[6:]]
+    assert all(c.startswith(("A street with ", "A residential building")) for c in street)
+    assert all(any(p in c for p in POSITION_PHRASE.values()) for c in (r["conversations"][1]["value"] for r in captions[:6]))
+    assert any('called "' in c and "at number " in c for c in street)
+
+    mixture = synth_instruct(tmp_path / "inst", 40, seed=4, image_size=224, mix={"vqa": 0.5, "street_vqa": 0.5})
+    sources = {s["name"]: s for s in yaml.safe_load(mixture.read_text())["sources"]}
+    assert sources["street_vqa"]["format_prompt"] == SHORT_ANSWER_PROMPT
+    rows = json.loads((tmp_path / "inst" / "street_vqa.json").read_text())
+    assert len(rows) == 20
+    _check_llava_rows(tmp_path / "inst", rows, 224)
+    asked = Counter()
+    for row in rows:
+        for q, a in zip(row["conversations"][::2], row["conversations"][1::2]):
+            q, a = q["value"].removeprefix("<image>\n"), a["value"]
+            kind = re.match(r"What is the (name|house number|phone number)|What kind|What street|How many", q).group(0)
+            asked[kind] += 1
+            assert a and not a.endswith(".")
+            if kind == "How many":
+                assert a in {"0", "1", "2"}
+    assert asked["What is the name"] and asked["What kind"] and asked["How many"]
+
+
+def test_street_vqa_answers_match_poi_targets():
+    from vlx.data.synth import TextStyle, _rng, _street_scene, _street_vqa
+
+    for i in range(30):
+        _, pois = _street_scene(_rng(0, "poi", i), 224, [TextStyle()])
+        conv = _street_vqa(_rng(1, "poi", i), pois)
+        for q, a in zip(conv[::2], conv[1::2]):
+            q, a = q["value"].removeprefix("<image>\n"), a["value"]
+            if q.startswith("What is the name of the shop"):
+                side = 0 if q.endswith("shop?") or "left" in q else 1
+                assert a == pois[side]["name"]
+            elif q.startswith("What is the house number of"):
+                assert a in {p["address"]["house_number"] for p in pois if q.endswith(f'"{p["name"]}"?')}
+            elif q == "How many shops are in the image?":
+                assert a == str(len(pois))
+
+
 def test_chat_rows_are_prose(tmp_path):
     synth_chat(tmp_path, 24, seed=2, image_size=224)
     rows = json.loads((tmp_path / "data.json").read_text())
@@ -176,6 +222,10 @@ def test_bad_arguments(tmp_path):
         synth_poi(tmp_path, 2, image_size=100)
     with pytest.raises(ValueError, match="unknown instruct source"):
         synth_instruct(tmp_path, 2, mix={"ocr": 1.0})
+    with pytest.raises(ValueError, match="unknown caption source"):
+        synth_captions(tmp_path, 2, mix={"faces": 1.0})
+    with pytest.raises(ValueError, match="image-size"):
+        synth_captions(tmp_path, 2, image_size=96, mix={"street": 1.0})
     with pytest.raises(ValueError, match="--kind"):
         synth("video", tmp_path, 2)
 
@@ -186,6 +236,16 @@ def test_cli_synth(tmp_path):
     assert len(json.loads((tmp_path / "data.json").read_text())) == 4
     result = CliRunner().invoke(app, ["data", "synth", "--kind", "audio", "--n", "4", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--kind" in result.output
+    result = CliRunner().invoke(app, ["data", "synth", "--kind", "captions", "--n", "4", "--out", str(tmp_path / "mixed"),
+                                      "--image-size", "160", "--mix", "shapes=0.5,street=0.5"])
+    assert result.exit_code == 0, result.output
+    street = [r for r in json.loads((tmp_path / "mixed" / "data.json").read_text())
+              if r["conversations"][1]["value"].startswith(("A street", "A residential"))]
+    assert len(street) == 2
+    for bad, message in (("street", "NAME=SHARE"), ("lasers=1", "unknown caption source")):
+        result = CliRunner().invoke(app, ["data", "synth", "--kind", "captions", "--n", "4", "--out", str(tmp_path / "bad"),
+                                          "--image-size", "160", "--mix", bad])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_vqa_answers_are_learnable_from_pixels(tmp_path):

@@ -259,6 +259,20 @@ def data_validate_cmd(
 
 # ---- data synth -------------------------------------------------------------------------------
 
+def _parse_mix(text: str) -> dict[str, float]:
+    """`"shapes=0.5,street=0.5"` -> `{"shapes": 0.5, "street": 0.5}`."""
+    mix = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, share = part.partition("=")
+        try:
+            mix[name.strip()] = float(share)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--mix {text!r}: write NAME=SHARE pairs separated by commas, e.g. shapes=0.5,street=0.5")
+    return mix
+
+
 @data_app.command("synth")
 def data_synth_cmd(
     kind: Annotated[str, typer.Option(help="captions (stage 1), instruct (stage-2 mixture), poi (street scenes for templates/poi.py) or chat.")],
@@ -268,6 +282,7 @@ def data_synth_cmd(
     image_size: Annotated[int, typer.Option(help="Image side in pixels (LLaVA-1.5: 336).")] = 336,
     font: Annotated[Optional[list[Path]], typer.Option("--font", help="poi: an extra TTF file to draw with (repeatable); output then depends on it.")] = None,
     workers: Annotated[int, typer.Option(help="Processes rendering in parallel; the output is the same for any number.")] = 1,
+    mix: Annotated[Optional[str], typer.Option(help="captions/instruct: source shares, e.g. `shapes=0.5,street=0.5` (captions) or `vqa=0.5,street_vqa=0.5` (instruct); unnamed sources get no rows.")] = None,
 ):
     """Write deterministic synthetic images and LLaVA-format data (see `vlx.data.synth`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -280,12 +295,18 @@ def data_synth_cmd(
     if font and kind != "poi":
         typer.secho("error: --font applies to --kind poi only", err=True, fg=typer.colors.RED)
         raise typer.Exit(2)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    if mix and kind not in ("captions", "instruct"):
+        typer.secho("error: --mix applies to --kind captions and instruct only", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2)
+    extra = {"fonts": font} if font else {}
     try:
+        if mix:
+            extra["mix"] = _parse_mix(mix)
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns) as bar:
-            task = bar.add_task(f"synth {kind}", total=image_count(kind, n))
+            task = bar.add_task(f"synth {kind}", total=image_count(kind, n, extra.get("mix")))
             result = synth(kind, out, n, seed=seed, image_size=image_size, workers=workers,
-                           progress=lambda: bar.advance(task), **({"fonts": font} if font else {}))
+                           progress=lambda: bar.advance(task), **extra)
     except (ValueError, OSError) as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2)

@@ -16,12 +16,17 @@ Kinds and what they write under DIR (image paths are relative to DIR):
   {"from": "gpt", "value": "<caption>"}]}`. Scenes hold shapes (circle, square, triangle, star,
   diamond, hexagon) in eight colours at five named positions (left, right, top, bottom, centre),
   repeated shapes to count, and a short rendered word in a corner; the caption names them all.
+  With `mix={"shapes": .., "street": ..}` (`--mix street=0.5,shapes=0.5`) part of them are
+  street scenes captioned with what their signs say (business, name, house number, street).
   The `plain` template reduces the human turn to `<image>`, as LLaVA-1.5 stage 1 does.
 - `instruct` (stage 2): one file per source plus `data.json` (all rows, each tagged with its
   `source`) and `mixture.yaml`. Sources: `conversation` (multi-turn chat about the image in full
   sentences), `vqa` (short answers: colours, shapes, positions, counts, yes/no, the written
   word), `mc` (multiple choice with lettered options, the answer is the letter) and `text`
   (text-only rows without `image`, like ShareGPT). Every short answer can be read off the image.
+  `street_vqa` (off unless `mix` names it): short-answer questions about street scenes' signs
+  (name, kind of business, house number, phone, street, how many shops), the role TextVQA and
+  OCR-VQA play in LLaVA-1.5's mixture.
 - `poi` (street imagery): storefront scenes with the ground truth of `templates/poi.py`
   (`StreetScene`), written as `train.jsonl`, `val.jsonl` and `test.jsonl` rows
   `{"image": "images/poi_000000.png", "target": {...}}`. Targets are the canonical
@@ -505,31 +510,64 @@ def _run(make_row: Callable[[int], dict], n: int, workers: int, progress: Progre
     return rows
 
 
-def _caption_row(out: Path, seed: int, image_size: int, i: int) -> dict:
+CAPTION_SOURCES = {"shapes": 1.0, "street": 0.0}
+"""Default shares of `synth_captions`' scene kinds: shape scenes only; `street` adds storefronts
+captioned with what their signs say (the text-bearing images of a caption corpus)."""
+
+
+def _caption_row(out: Path, seed: int, image_size: int, plan: list[str], i: int) -> dict:
     rng = _rng(seed, "captions", i)
-    scene = _sample_shape_scene(rng)
     name = f"images/captions_{i:06d}.png"
-    _save_png(_render_shape_scene(rng, scene, image_size), out / name)
+    if plan[i] == "street":
+        img, pois = _street_scene(rng, image_size, [TextStyle()])
+        caption = street_caption(pois)
+    else:
+        scene = _sample_shape_scene(rng)
+        img, caption = _render_shape_scene(rng, scene, image_size), _caption(scene)
+    _save_png(img, out / name)
     instruction = str(_choice(rng, CAPTION_INSTRUCTIONS))
     return {
         "id": f"captions-{i:06d}",
         "image": name,
-        "conversations": [{"from": "human", "value": f"<image>\n{instruction}"}, {"from": "gpt", "value": _caption(scene)}],
+        "conversations": [{"from": "human", "value": f"<image>\n{instruction}"}, {"from": "gpt", "value": caption}],
     }
 
 
+def _shares(mix: dict[str, float] | None, defaults: dict[str, float], what: str) -> dict[str, float]:
+    shares = dict(defaults) if mix is None else dict(mix)
+    unknown = set(shares) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {what} source(s) {sorted(unknown)}: use {', '.join(defaults)}")
+    if any(v < 0 for v in shares.values()) or not sum(shares.values()) > 0:
+        raise ValueError(f"{what} mix {shares}: shares must be >= 0 and not all 0")
+    return shares
+
+
 def synth_captions(
-    out: str | Path, n: int, *, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE, workers: int = 1, progress: Progress = None
+    out: str | Path,
+    n: int,
+    *,
+    seed: int = 0,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    mix: dict[str, float] | None = None,
+    workers: int = 1,
+    progress: Progress = None,
 ) -> Path:
     """Write `n` caption pairs (LLaVA stage 1) to `out/data.json` and `out/images/`.
+
+    `mix` sets the share of each scene kind (default `CAPTION_SOURCES`: shape scenes only);
+    `{"shapes": 0.5, "street": 0.5}` makes half of them street scenes whose captions say what
+    the signs read (`street_caption`). Rows are ordered by kind.
 
     Example:
         >>> synth_captions("data/stage1", 1000, seed=0)  # doctest: +SKIP
         PosixPath('data/stage1/data.json')
     """
-    _check(n, image_size, 64)
+    counts = _split_counts(n, _shares(mix, CAPTION_SOURCES, "caption"))
+    _check(n, image_size, 160 if counts.get("street") else 64)
     out = _prepare(out)
-    rows = _run(partial(_caption_row, out, seed, image_size), n, workers, progress)
+    plan = [source for source, count in counts.items() for _ in range(count)]
+    rows = _run(partial(_caption_row, out, seed, image_size, plan), n, workers, progress)
     _write_json(out / "data.json", rows)
     return out / "data.json"
 
@@ -540,6 +578,8 @@ INSTRUCT_SOURCES = {
     "vqa": (0.35, SHORT_ANSWER_PROMPT),
     "mc": (0.2, MC_PROMPT),
     "text": (0.15, None),
+    # Off by default; academic VQA about text in images (TextVQA, OCR-VQA in LLaVA-1.5's mixture).
+    "street_vqa": (0.0, SHORT_ANSWER_PROMPT),
 }
 
 
@@ -567,8 +607,13 @@ def _instruct_row(out: Path, seed: int, image_size: int, plan: list[str], i: int
     if plan[i] == "text":
         row["conversations"] = _text_conversation(rng, int(rng.integers(1, 3)))
         return row
-    scene = _sample_shape_scene(rng)
     row["image"] = f"images/instruct_{i:06d}.png"
+    if plan[i] == "street_vqa":
+        img, pois = _street_scene(rng, image_size, [TextStyle()])
+        _save_png(img, out / row["image"])
+        row["conversations"] = _street_vqa(rng, pois)
+        return row
+    scene = _sample_shape_scene(rng)
     _save_png(_render_shape_scene(rng, scene, image_size), out / row["image"])
     row["conversations"] = _image_conversation(rng, plan[i], scene)
     return row
@@ -587,20 +632,16 @@ def synth_instruct(
     """Write `n` instruction rows (LLaVA stage 2) as per-source files, `data.json` and `mixture.yaml`.
 
     `mix` sets the share of each source (default `INSTRUCT_SOURCES`: conversation 0.3, vqa 0.35,
-    mc 0.2, text 0.15); a source left out of `mix` gets no rows. Returns the path of
+    mc 0.2, text 0.15, street_vqa 0); a source left out of `mix` gets no rows. Returns the path of
     `mixture.yaml`.
 
     Example:
         >>> synth_instruct("data/stage2", 1000, seed=0)  # doctest: +SKIP
         PosixPath('data/stage2/mixture.yaml')
     """
-    _check(n, image_size, 64)
-    shares = {k: v for k, (v, _) in INSTRUCT_SOURCES.items()} if mix is None else dict(mix)
-    unknown = set(shares) - set(INSTRUCT_SOURCES)
-    if unknown:
-        raise ValueError(f"unknown instruct source(s) {sorted(unknown)}: use {', '.join(INSTRUCT_SOURCES)}")
+    counts = _split_counts(n, _shares(mix, {k: v for k, (v, _) in INSTRUCT_SOURCES.items()}, "instruct"))
+    _check(n, image_size, 160 if counts.get("street_vqa") else 64)
     out = _prepare(out)
-    counts = _split_counts(n, shares)
     by_source: dict[str, list[dict]] = {k: [] for k in counts if counts[k]}
     plan = [source for source, count in counts.items() for _ in range(count)]
     for row in _run(partial(_instruct_row, out, seed, image_size, plan), n, workers, progress):
@@ -1229,6 +1270,40 @@ def _street_scene(rng: np.random.Generator, S: int, styles: list[TextStyle]) -> 
     if rng.random() < 0.5:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.6) * S / 336))
     return img, [b.target(street) for b in businesses]
+
+
+def street_caption(pois: list[dict]) -> str:
+    """A stage-1 caption of a street scene that says what its signs read.
+
+    >>> street_caption([{"name": "Golden Fox", "category": "bakery", "address": {"house_number": "12", "street": None}}])
+    'A street with a bakery called "Golden Fox" at number 12.'
+    """
+    if not pois:
+        return "A residential building with windows and a front door; there are no shops."
+    shops = [f'{_a(CATEGORY_WORDS[p["category"]])} called "{p["name"]}"'
+             + (f' at number {p["address"]["house_number"]}' if p["address"]["house_number"] else "") for p in pois]
+    street = pois[0]["address"]["street"]
+    return f"A street with {_join(shops)}{f' on {street}' if street else ''}."
+
+
+def _street_vqa(rng: np.random.Generator, pois: list[dict]) -> list[dict]:
+    """One to three short-answer questions about what a street scene's signs say."""
+    count = ("How many shops are in the image?", str(len(pois)))
+    qa = [count]
+    for k, p in enumerate(pois):
+        ref = "the shop" if len(pois) == 1 else f"the shop on the {('left', 'right', 'far right')[k]}"
+        qa.append((f"What is the name of {ref}?", p["name"]))
+        qa.append((f'What kind of business is "{p["name"]}"?', CATEGORY_WORDS[p["category"]]))
+        if p["address"]["house_number"]:
+            qa.append((f'What is the house number of "{p["name"]}"?', p["address"]["house_number"]))
+        if p["phone"]:
+            qa.append((f'What is the phone number of "{p["name"]}"?', p["phone"]))
+    if pois and pois[0]["address"]["street"]:
+        qa.append(("What street is this?", pois[0]["address"]["street"]))
+    picked = [qa[j] for j in rng.permutation(len(qa))[: int(rng.integers(1, 4))]]
+    conv = [{"from": r, "value": v} for q, a in picked for r, v in (("human", q), ("gpt", a))]
+    conv[0]["value"] = "<image>\n" + conv[0]["value"]
+    return conv
 
 
 def _load_street_scene_model(schema: str | Path | None):
