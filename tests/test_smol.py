@@ -310,6 +310,29 @@ def test_pretrain_is_deterministic_and_loads_as_plain_clip(tmp_path):
     assert len(metrics["loss"]) == 3 and all(v > 0 for v in metrics["loss"])
     assert {"poi_image_to_text", "poi_name_text_to_image", "shapes_image_to_text"} <= set(m1["retrieval"])
     assert m1["retrieval"]["poi_category_n"] >= 1 and 0 <= m1["retrieval"]["poi_category_zero_shot"] <= 1
+    # CoCa: the caption decoder's reading of held-out street scenes, and both loss terms per step.
+    assert {"poi_read_category", "poi_read_name", "poi_read_house_number"} <= set(m1["retrieval"])
+    assert m1["retrieval"]["poi_read_shops"] >= 1
+    assert all(set(p) == {"contrastive", "caption"} for p in metrics["loss_parts"])
+
+
+def test_caption_characters_round_trip():
+    ids = clip_pretrain.encode_chars(['a cafe "Zoe\'s" no. 7', "x" * 50], 16)
+    assert ids.shape == (2, 16) and ids[0, 0] == clip_pretrain.BOS
+    assert clip_pretrain.decode_chars(ids[0, 1:].tolist()) == 'a cafe "Zoe\'s"'  # cut to fit: 14 characters
+    assert clip_pretrain.decode_chars(clip_pretrain.encode_chars(["ok"], 8)[0, 1:].tolist()) == "ok"
+    assert clip_pretrain.encode_chars(["ok"], 8)[0, 3:].tolist() == [clip_pretrain.EOS] + [clip_pretrain.PAD] * 4
+    assert clip_pretrain.encode_chars(["é"], 4)[0, 1] == clip_pretrain.UNK_CHAR
+
+
+def test_transcripts_read_back_per_shop():
+    target = {"pois": [{"name": "Golden Fox", "category": "hair_salon", "address": {"house_number": "42b", "street": "Elm Road"}},
+                       {"name": "Ada's", "category": "bank", "address": {"house_number": None, "street": "Elm Road"}}]}
+    text = clip_pretrain.transcript(target)
+    assert text == "hair_salon | Golden Fox | 42b ; bank | Ada's | -"
+    assert clip_pretrain.read_shops(text) == [("hair_salon", "Golden Fox", "42b"), ("bank", "Ada's", None)]
+    assert clip_pretrain.transcript({"pois": []}) == "none" and clip_pretrain.read_shops("none") == []
+    assert clip_pretrain.read_shops("bakery | Gold") == [("bakery", "Gold", None)]  # cut short: the category still counts
 
 
 def test_pretrain_loss_falls(tmp_path):
