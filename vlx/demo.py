@@ -51,6 +51,10 @@ class DemoConfig:
     """Chat-replay conversations (seed 1)."""
     n_chat_eval: int
     """Held-out chat conversations (seed 2)."""
+    caption_mix: dict | None = None
+    """Stage-1 scene kinds (`synth_captions` `mix`; None: its default, shape scenes only)."""
+    instruct_mix: dict | None = None
+    """Stage-2 sources (`synth_instruct` `mix`; None: its default mixture)."""
     poi_splits: tuple[float, float, float] = (0.8, 0.1, 0.1)
     """Train/validation/test shares of the street scenes."""
     stage1: dict = field(default_factory=dict)
@@ -75,17 +79,25 @@ QUICK = DemoConfig(
     preset="tiny", image_size=160, n_captions=32, n_instruct=32, n_poi=40, n_chat=16, n_chat_eval=8,
     stage1=dict(max_steps=2), stage2=dict(max_steps=2), finetune=dict(max_steps=3),
     lora=dict(r=8, alpha=16), val_max=0, workers=1,
+    caption_mix={"shapes": 0.5, "street": 0.5},
+    instruct_mix={"conversation": 0.2, "vqa": 0.2, "mc": 0.1, "text": 0.1, "street_vqa": 0.4},
 )
 # Sized to the time budget of a 2-core CPU: every sample passes through the 135M-parameter LLM
 # (forward and backward; a fine-tune sample is ~550 tokens with its 144 image tokens and format
 # prompt) at roughly 0.1-0.3 samples/s with bf16 autocast, and every answer is decoded token by token.
 FULL = DemoConfig(
-    preset="smol", image_size=224, n_captions=64, n_instruct=64, n_poi=80, poi_splits=(0.7, 0.1, 0.2),
+    preset="smol", image_size=224, n_captions=128, n_instruct=112, n_poi=100, poi_splits=(0.75, 0.05, 0.2),
     n_chat=32, n_chat_eval=12,
-    # Micro-batches of 4 and 2 (the global batches stay the preset's 16 and 8): a micro-batch of 8
-    # fine-tune samples peaked at 18.5 GB, mostly logits over the 49k vocabulary.
-    stage1=dict(epochs=1.0, per_device_batch_size=4), stage2=dict(epochs=1.0, per_device_batch_size=4),
-    finetune=dict(epochs=1.0, per_device_batch_size=2),
+    # Street scenes in both LLaVA stages, as text-bearing images are in LLaVA-1.5's: captions that
+    # say what the signs read (stage 1) and short-answer questions about them (stage 2, the role of
+    # TextVQA / OCR-VQA in the 665K mixture), besides the shape scenes the chat data talk about.
+    caption_mix={"shapes": 0.5, "street": 0.5},
+    instruct_mix={"conversation": 0.2, "vqa": 0.2, "mc": 0.1, "text": 0.1, "street_vqa": 0.4},
+    # Global batches of 8 (more optimizer steps from a few hundred rows); micro-batches of 4 and 2:
+    # a micro-batch of 8 fine-tune samples peaked at 18.5 GB, mostly logits over the 49k vocabulary.
+    stage1=dict(epochs=1.0, global_batch_size=8, per_device_batch_size=4),
+    stage2=dict(epochs=1.0, global_batch_size=8, per_device_batch_size=4, learning_rate=1e-4),
+    finetune=dict(epochs=1.0, per_device_batch_size=2, learning_rate=1e-3),
     lora=dict(r=16, alpha=32, dropout=0.05), chat_ratio=0.25, val_max=0,
 )
 
@@ -102,8 +114,10 @@ def make_data(cfg: DemoConfig, data: Path, progress=None) -> dict[str, Path]:
     names = ["captions", "instruct", "poi", "chat", "chat-eval"]
     paths: dict[str, Path] = {}
     for name, (kind, n, seed) in zip(names, jobs):
-        tick = progress(f"synth {name}", image_count(kind, n)) if progress else None
-        extra = {"splits": cfg.poi_splits} if kind == "poi" else {}
+        tick = progress(f"synth {name}", image_count(kind, n, cfg.instruct_mix if kind == "instruct" else None)) \
+            if progress else None
+        extra = {"poi": {"splits": cfg.poi_splits}, "captions": {"mix": cfg.caption_mix},
+                 "instruct": {"mix": cfg.instruct_mix}}.get(kind, {})
         result = synth(kind, data / name, n, seed=seed, image_size=cfg.image_size, workers=cfg.workers, progress=tick,
                        **extra)
         if kind == "poi":
@@ -325,6 +339,8 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, ablation: bool = 
     if (out / "metrics.json").exists() or (out / "base" / "vlx_run.json").exists():
         raise FileExistsError(f"{out} already holds a demo; remove it or pass another --out")
     out.mkdir(parents=True, exist_ok=True)
+    from vlx.device import release_memory
+
     started = time.perf_counter()
     steps = ["data", "train-base", "finetune"] + (["finetune (ablation)"] if ablation else []) + \
             ["eval"] + (["eval (ablation)"] if ablation else []) + ["report"]
@@ -335,6 +351,7 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, ablation: bool = 
         timings: dict[str, float] = {}  # wall seconds per step
 
         def step(name: str | None):
+            release_memory()
             now = time.perf_counter()
             if timings:
                 last = next(reversed(timings))

@@ -66,3 +66,19 @@ def attn_implementation() -> str:
 def _log_once(message: str) -> None:
     log.info(message)
 
+
+
+def release_memory() -> None:
+    """Give freed memory back to the operating system between the phases of a long process.
+
+    A phase that allocates and frees many tensors (pre-training the smol tower, a training stage)
+    leaves glibc's heap fragmented; without a trim the next phase's peak stacks on top of it.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass

