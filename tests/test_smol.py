@@ -417,9 +417,14 @@ def test_real_smol_preset_builds(smol_llm_dir):
     assert model.config.vision_config.image_size == 168
     assert model.config.image_seq_length == 144
     metrics = json.loads((smol.vision_dir() / smol.CACHE_FILE).read_text())["metrics"]
-    # Zero-shot retrieval among n_eval held-out shape scenes: well above chance. (Street scenes stay
-    # near chance at this budget: reading names is left to the LLaVA stages on top of the features.)
-    assert metrics["retrieval"]["shapes_image_to_text"] > 5 * metrics["chance"]
+    # Zero-shot retrieval among held-out pairs, well above chance for shape scenes and street scenes
+    # alike, and the zero-shot category of one-shop scenes above the majority class (measured on a
+    # 2-core CPU: 8x chance for both, category 0.35 vs 0.20). The contrastive-only tower this
+    # replaced stayed at chance on street scenes.
+    r = metrics["retrieval"]
+    assert r["shapes_image_to_text"] > 5 * metrics["chance"]
+    assert r["poi_image_to_text"] > 3 / r["poi_n"]
+    assert r["poi_category_zero_shot"] > r["poi_category_majority"]
     msgs = [{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}]
     inputs = processor(text=processor.apply_chat_template(msgs, add_generation_prompt=True), return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
