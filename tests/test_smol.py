@@ -259,7 +259,7 @@ def test_poi_captions_name_what_extraction_reads():
     assert clip_pretrain.poi_captions({"pois": []})
     two = {"pois": [target["pois"][0], {**target["pois"][0], "name": "Ada's Salon", "category": "hair_salon"}]}
     assert clip_pretrain.poi_captions(two)[1] == "Golden Fox Bakery and Ada's Salon"
-    assert clip_pretrain._caption_category('a hair salon "Ada\'s Salon" no. 3') == "hair_salon"
+    assert clip_pretrain.read_shops(clip_pretrain.transcript(two))[1][0] == "hair_salon"
 
 
 def test_caption_words_spell_numbers_digit_by_digit():

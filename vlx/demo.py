@@ -165,11 +165,11 @@ def answer_budget(base: Path, train_rows: Path) -> int:
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    from vlx.decode.generate import answer_cap
+
     targets = [json.loads(line)["target"] for line in train_rows.read_text().splitlines() if line.strip()]
-    longest = max(len(tokenizer(json.dumps(t, ensure_ascii=False, separators=(",", ":")))["input_ids"])
-                  for t in targets)
-    return int(1.5 * longest) + 8
+    return answer_cap(AutoTokenizer.from_pretrained(base),
+                      [json.dumps(t, ensure_ascii=False, separators=(",", ":")) for t in targets])
 
 
 def evaluate(run: Path, paths: dict[str, Path], out_dir: Path, *, max_new_tokens: int | None = None) -> dict:

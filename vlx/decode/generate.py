@@ -19,6 +19,16 @@ from transformers import LogitsProcessorList
 from vlx.model.llava import IMAGE_TOKEN
 
 
+def answer_cap(tokenizer, answers: Sequence[str]) -> int:
+    """A decoding cap for schema answers: 1.5x the longest of `answers` in tokens, plus 8.
+
+    The schema's own budget admits thousands of tokens, which an undertrained model spends on
+    rambling strings; an answer that cannot close within the cap counts as not schema-valid, so the
+    cap can only cost a model, never flatter it.
+    """
+    return int(1.5 * max(len(tokenizer(a)["input_ids"]) for a in answers)) + 8
+
+
 @contextlib.contextmanager
 def _left_padding(tokenizer):
     side = tokenizer.padding_side

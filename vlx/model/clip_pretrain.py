@@ -251,9 +251,11 @@ class DualEncoder(nn.Module):
         self.caption_weight, self.contrastive_weight = cfg.caption_weight, cfg.contrastive_weight
         self.decoder = CaptionDecoder(cfg) if cfg.caption_weight > 0 else None
 
-    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        emb = self.visual_projection(self.vision(pixel_values=pixels).pooler_output)  # (B, P)
-        return nn.functional.normalize(emb, dim=-1)
+    def image_features(self, pixels: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised image embeddings (B, P); `pooled`: the tower's pooled output, when already run."""
+        if pooled is None:
+            pooled = self.vision(pixel_values=pixels).pooler_output
+        return nn.functional.normalize(self.visual_projection(pooled), dim=-1)
 
     def text_features(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         emb = self.text_projection(self.text(ids, offsets))  # (B, P)
@@ -266,8 +268,8 @@ class DualEncoder(nn.Module):
     def forward(self, pixels, ids, offsets, chars=None) -> tuple[torch.Tensor, dict[str, float]]:
         """-> (loss, its parts): contrastive, plus `caption_weight` x next-character loss when `chars` are given."""
         out = self.vision(pixel_values=pixels, output_hidden_states=True)
-        image = nn.functional.normalize(self.visual_projection(out.pooler_output), dim=-1)
-        logits_per_text = self.logit_scale.exp() * self.text_features(ids, offsets) @ image.T
+        logits_per_text = self.logit_scale.exp() * self.text_features(ids, offsets) @ self.image_features(
+            pixels, pooled=out.pooler_output).T
         contrastive = image_text_contrastive_loss(logits_per_text.float())
         if self.decoder is None or chars is None:
             return contrastive, {"contrastive": contrastive.item()}
@@ -515,20 +517,16 @@ def evaluate(model: DualEncoder, held_out, vocab: dict[str, int], max_chars: int
         scores = retrieval(model, images[idx], [captions[i][variant] for i in idx], vocab)
         out.update({f"{name}_{k}": round(v, 4) for k, v in scores.items()})
         out[f"{name}_n"] = len(idx)
-    single = [i for i in poi if " and " not in captions[i][1]]
+    shops = {i: read_shops(transcripts[i]) for i in poi}
+    single = [i for i in poi if len(shops[i]) == 1]
     if single:
-        cats = [_caption_category(captions[i][0]) for i in single]
+        cats = [shops[i][0][0] for i in single]
         out["poi_category_zero_shot"] = round(zero_shot_category(model, images[single], cats, vocab), 4)
         out["poi_category_majority"] = round(max(cats.count(c) for c in set(cats)) / len(cats), 4)
         out["poi_category_n"] = len(single)
     if model.decoder is not None and poi:
         out.update(reading(model, images[poi], [transcripts[i] for i in poi], max_chars))
     return out
-
-
-def _caption_category(full_caption: str) -> str:
-    """The category of a one-business caption from `poi_captions` ('a hair salon "..."' -> hair_salon)."""
-    return full_caption[2:].split(' "')[0].replace(" ", "_")
 
 
 # --- the loop --------------------------------------------------------------------------------

@@ -135,15 +135,16 @@ class ExtractionEval(TrainerCallback):
 
     def _run(self, model, step: int, is_main: bool) -> None:
         from vlx.api import Extractor
+        from vlx.decode.generate import answer_cap
         from vlx.eval.fields import field_metrics
 
         if not self.rows or not is_main or step == self.last_step:
             return
         self.last_step = step
         if self.extractor is None:
-            longest = max(len(self.processor.tokenizer(r.text)["input_ids"]) for r in self.rows)
             self.extractor = Extractor(model, self.processor, template=self.template, Schema=self.Schema,
-                                       format_prompt=self.fmt, max_new_tokens=int(1.5 * longest) + 8)
+                                       format_prompt=self.fmt,
+                                       max_new_tokens=answer_cap(self.processor.tokenizer, [r.text for r in self.rows]))
         was_training = model.training
         model.eval()
         preds = self.extractor.extract_many([str(r.image) for r in self.rows])
