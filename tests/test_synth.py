@@ -20,7 +20,7 @@ from vlx.data.synth import (
     POSITION_PHRASE,
     POSITIONS,
     SHORT_ANSWER_PROMPT,
-    _business_name,
+
     image_count,
     synth,
     synth_captions,
@@ -28,6 +28,7 @@ from vlx.data.synth import (
     synth_instruct,
     synth_poi,
 )
+from vlx.data.street import _business_name
 from vlx.data.templates import to_turns
 
 ROOT = Path(__file__).resolve().parents[1]
