@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
 from vlx.config import ModelConfig
-from vlx.model import build, clip_pretrain, smol, tiny
+from vlx.model import build, smol, tiny, tower
 from vlx.model.build import ModelLoadError, build_llava
 
 CHATML = (
@@ -244,118 +245,120 @@ def test_leftovers_of_a_killed_conversion_are_swept(cache, fetches, fake_gguf_lo
 
 # --- the vision tower ------------------------------------------------------------------------
 
-MICRO = dict(image_size=28, patch_size=14, hidden_size=32, num_layers=2, num_heads=2, text_hidden_size=32,
-             projection_dim=16, n_poi=4, n_shapes=8, n_signs=4, steps=3, batch_size=8,
-             n_eval=4, precision="fp32")
+class Killed(Exception):
+    """Stands in for a kill: the process stops in the middle of its work."""
 
 
-def test_poi_captions_name_what_extraction_reads():
-    target = {"pois": [{"name": "Golden Fox Bakery", "category": "bakery", "phone": None,
-                        "address": {"house_number": "42b", "street": "Elm Road"}}]}
-    full, name, name_number, category_number = clip_pretrain.poi_captions(target)
-    assert full == 'a bakery "Golden Fox Bakery" no. 42b on Elm Road'
-    assert name == "Golden Fox Bakery" and name_number == "Golden Fox Bakery no. 42b"
-    assert category_number == "a bakery no. 42b"
-    assert clip_pretrain.poi_captions({"pois": []})
-    two = {"pois": [target["pois"][0], {**target["pois"][0], "name": "Ada's Salon", "category": "hair_salon"}]}
-    assert clip_pretrain.poi_captions(two)[1] == "Golden Fox Bakery and Ada's Salon"
-    assert clip_pretrain.read_shops(clip_pretrain.transcript(two))[1][0] == "hair_salon"
+MICRO = dict(image_size=64, patch_size=4, hidden_size=32, num_layers=2, num_heads=2, steps=3, batch_size=4,
+             n_eval=4, save_every=2, precision="fp32")
 
 
-def test_caption_words_spell_numbers_digit_by_digit():
-    assert clip_pretrain.words('A bakery "Golden Fox" no. 42b') == ["a", "bakery", "golden", "fox", "no", "#2", "0:4",
-                                                                    "1:2", "b"]
-    vocab = clip_pretrain.build_vocab([["red star", "blue star"], ["no. 7"]])
-    assert sorted(vocab.values()) == list(range(1, len(vocab) + 1))  # 0 is kept for unknown words
-    ids, offsets = clip_pretrain.bag(["red star", "green star", ""], vocab)
-    assert offsets.tolist() == [0, 2, 4]
-    assert ids.tolist() == [vocab["red"], vocab["star"], clip_pretrain.UNK, vocab["star"], clip_pretrain.UNK]
-
-
-def test_sign_pairs_are_deterministic_and_legible():
-    a_images, a_captions, kinds = clip_pretrain.sign_pairs(6, seed=3, image_size=168)
-    b_images, b_captions, _ = clip_pretrain.sign_pairs(6, seed=3, image_size=168)
-    assert a_captions == b_captions and all((x == y).all() for x, y in zip(a_images, b_images))
-    assert kinds == ["sign"] * 6 and a_images[0].shape == (3, 168, 168)
-    for (full, name, number), image in zip(a_captions, a_images):
-        assert full == f"{name} {number}" and number.startswith("no. ")
-        assert image.std() > 10  # something was drawn
-    assert clip_pretrain.sign_pairs(6, seed=4, image_size=168)[1] != a_captions
-
-
-def test_zoom_crops_inside_the_image():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(3, 3, 28, 28)
-    assert torch.allclose(clip_pretrain._zoom(x, 1.0, gen), x, atol=1e-5)  # no zoom: the image itself
-    zoomed = clip_pretrain._zoom(x, 0.5, gen)
-    assert zoomed.shape == x.shape and not torch.allclose(zoomed, x)
-    assert zoomed.min() >= x.min() - 1e-6 and zoomed.max() <= x.max() + 1e-6  # interpolated, no padding colour
+def _weights(path):
+    return CLIPVisionModel.from_pretrained(path).state_dict()
 
 
 def test_pretrain_is_deterministic_and_loads_as_plain_clip(tmp_path):
-    cfg = clip_pretrain.PretrainConfig(**MICRO)
-    m1 = clip_pretrain.pretrain(cfg, tmp_path / "a", progress=False)
-    clip_pretrain.pretrain(cfg, tmp_path / "b", progress=False)
-    a = CLIPVisionModel.from_pretrained(tmp_path / "a")
-    b = CLIPVisionModel.from_pretrained(tmp_path / "b")
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(pa, pb), name
-    init = CLIPVisionModel(a.config).state_dict()
-    assert not torch.equal(init["embeddings.patch_embedding.weight"], a.state_dict()["embeddings.patch_embedding.weight"])
+    cfg = tower.TowerConfig(**MICRO)
+    m1 = tower.pretrain(cfg, tmp_path / "a", work=tmp_path / "wa", progress=False)
+    tower.pretrain(cfg, tmp_path / "b", work=tmp_path / "wb", progress=False)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    init = CLIPVisionModel(tower.vision_config(cfg)).state_dict()
+    assert not torch.equal(init["embeddings.patch_embedding.weight"], a["embeddings.patch_embedding.weight"])
     proc = CLIPImageProcessor.from_pretrained(tmp_path / "a")
-    assert proc.crop_size == {"height": 28, "width": 28}
-    out = a(**proc(Image.new("RGB", (50, 40), "red"), return_tensors="pt"))
-    assert out.last_hidden_state.shape == (1, 4 + 1, 32)
+    assert proc.crop_size == {"height": 64, "width": 64}
+    out = CLIPVisionModel.from_pretrained(tmp_path / "a")(**proc(Image.new("RGB", (50, 40), "red"), return_tensors="pt"))
+    assert out.last_hidden_state.shape == (1, 16 * 16 + 1, 32)
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert len(metrics["loss"]) == 3 and all(v > 0 for v in metrics["loss"])
-    assert {"poi_image_to_text", "poi_name_text_to_image", "shapes_image_to_text"} <= set(m1["retrieval"])
-    assert m1["retrieval"]["poi_category_n"] >= 1 and 0 <= m1["retrieval"]["poi_category_zero_shot"] <= 1
-    # CoCa: the caption decoder's reading of held-out street scenes, and both loss terms per step.
-    assert {"poi_read_category", "poi_read_name", "poi_read_house_number"} <= set(m1["retrieval"])
-    assert m1["retrieval"]["poi_read_shops"] >= 1
-    assert all(set(p) == {"contrastive", "caption"} for p in metrics["loss_parts"])
+    assert metrics["config_digest"] == cfg.digest() and metrics["loss"][-1]["step"] == 3
+    assert {"char_accuracy", "signs_and_numbers", "exact_name", "exact_house_number", "shop_category"} <= set(m1)
+    assert all(0 <= v <= 1 for v in m1.values())
 
 
-def test_caption_characters_round_trip():
-    ids = clip_pretrain.encode_chars(['a cafe "Zoe\'s" no. 7', "x" * 50], 16)
-    assert ids.shape == (2, 16) and ids[0, 0] == clip_pretrain.BOS
-    assert clip_pretrain.decode_chars(ids[0, 1:].tolist()) == 'a cafe "Zoe\'s"'  # cut to fit: 14 characters
-    assert clip_pretrain.decode_chars(clip_pretrain.encode_chars(["ok"], 8)[0, 1:].tolist()) == "ok"
-    assert clip_pretrain.encode_chars(["ok"], 8)[0, 3:].tolist() == [clip_pretrain.EOS] + [clip_pretrain.PAD] * 4
-    assert clip_pretrain.encode_chars(["é"], 4)[0, 1] == clip_pretrain.UNK_CHAR
+def test_pretrain_resumes_where_it_was_killed(tmp_path, monkeypatch):
+    """Interrupted after its step-2 checkpoint, the same call continues from step 2 and ends with the
+    weights of an uninterrupted run."""
+    cfg = tower.TowerConfig(**{**MICRO, "steps": 4})
+    tower.pretrain(cfg, tmp_path / "whole", work=tmp_path / "w1", progress=False)
+    real, steps, kills = tower.draw_batch, [], []
+
+    def dies_at_step_3(cfg_, stream, step, n, sheets=True):
+        steps.append(step)
+        if stream == 0 and step == 3 and not kills:
+            kills.append(step)
+            raise Killed
+        return real(cfg_, stream, step, n, sheets)
+
+    monkeypatch.setattr(tower, "draw_batch", dies_at_step_3)
+    with pytest.raises(Killed):
+        tower.pretrain(cfg, tmp_path / "resumed", work=tmp_path / "w2", progress=False)
+    assert not (tmp_path / "resumed").exists() and (tmp_path / "w2" / tower.CHECKPOINT).exists()
+    steps.clear()
+    tower.pretrain(cfg, tmp_path / "resumed", work=tmp_path / "w2", progress=False)
+    assert steps[:2] == [2, 3]  # resumed at step 2, then the held-out batch
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "resumed")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    with pytest.raises(ValueError, match="another tower configuration"):
+        tower.pretrain(tower.TowerConfig(**{**MICRO, "steps": 6}), tmp_path / "other", work=tmp_path / "w2",
+                       progress=False)
 
 
-def test_transcripts_read_back_per_shop():
-    target = {"pois": [{"name": "Golden Fox", "category": "hair_salon", "address": {"house_number": "42b", "street": "Elm Road"}},
-                       {"name": "Ada's", "category": "bank", "address": {"house_number": None, "street": "Elm Road"}}]}
-    text = clip_pretrain.transcript(target)
-    assert text == "hair_salon | Golden Fox | 42b ; bank | Ada's | -"
-    assert clip_pretrain.read_shops(text) == [("hair_salon", "Golden Fox", "42b"), ("bank", "Ada's", None)]
-    assert clip_pretrain.transcript({"pois": []}) == "none" and clip_pretrain.read_shops("none") == []
-    assert clip_pretrain.read_shops("bakery | Gold") == [("bakery", "Gold", None)]  # cut short: the category still counts
+def test_scoring_reads_a_perfect_and_a_blank_prediction():
+    _, labels, _ = tower.draw_batch(tower.TowerConfig(), 1, 0, 12, sheets=False)
+    perfect = tower.score(labels, labels)
+    assert perfect["char_accuracy"] == 1.0 and perfect["false_glyphs"] == 0.0 and perfect["shop_category"] == 1.0
+    assert all(v == 1.0 for k, v in perfect.items() if k.startswith("exact_"))
+    blank = tower.score(labels * 0, labels)
+    assert blank["char_accuracy"] == 0.0 and blank["exact_name"] == 0.0
 
 
-def test_pretrain_loss_falls(tmp_path):
-    cfg = clip_pretrain.PretrainConfig(**{**MICRO, "steps": 15, "learning_rate": 5e-3, "warmup_ratio": 0.05})
-    clip_pretrain.pretrain(cfg, tmp_path, progress=False)
-    loss = json.loads((tmp_path / "metrics.json").read_text())["loss"]
-    assert sum(loss[-5:]) / 5 < 0.8 * sum(loss[:5]) / 5
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A micro tower standing in for the shipped asset, its checksum pinned."""
+    asset = tmp_path / "asset"
+    tower.pretrain(tower.TowerConfig(**{**MICRO, "steps": 1}), asset, work=tmp_path / "w", progress=False)
+    monkeypatch.setattr(smol, "TOWER_ASSET", asset)
+    monkeypatch.setattr(smol, "TOWER_SHA256", smol.sha256(asset / "model.safetensors"))
+    return asset
 
 
-def test_vision_dir_trains_once_and_caches(cache, monkeypatch):
+def test_vision_dir_is_the_shipped_tower_checksum_verified(shipped, cache):
+    assert smol.vision_dir() == shipped
+    assert not cache.exists() or not any(cache.glob("smol-tower-*"))  # nothing trained
+    with open(shipped / "model.safetensors", "r+b") as f:  # one flipped byte
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 1]))
+    with pytest.raises(smol.SmolError, match="(?s)expected .*vlx pretrain-tower --out .* --steps 2500 --seed 0"):
+        smol.vision_dir()
+    (shipped / "model.safetensors").unlink()
+    with pytest.raises(smol.SmolError, match="is missing"):
+        smol.vision_dir()
+    with pytest.raises(ModelLoadError, match="retrain-tower"):
+        build._load_vision("smol-clip", seed=0)
+
+
+def test_retrained_tower_is_cached_whole_or_not_at_all(cache, monkeypatch):
     calls = []
-    real = clip_pretrain.pretrain
+    real = tower.pretrain
 
     def counted(cfg, out, **kw):
         calls.append(cfg)
-        return real(cfg, out, progress=False)
+        if len(calls) == 1:
+            raise Killed  # killed half-way
+        return real(cfg, out, work=kw["work"], progress=False)
 
-    monkeypatch.setattr(clip_pretrain, "pretrain", counted)
-    path = smol.vision_dir(**MICRO)
-    assert path.name == f"smol-clip-{clip_pretrain.PretrainConfig(**MICRO).digest()}"
-    assert smol.vision_dir(**MICRO) == path and len(calls) == 1
-    assert json.loads((path / smol.CACHE_FILE).read_text())["metrics"]["retrieval"]
-    assert smol.vision_dir(**{**MICRO, "seed": 1}) != path  # another configuration, another entry
+    monkeypatch.setattr(tower, "pretrain", counted)
+    with pytest.raises(Killed):
+        smol.vision_dir(retrain=True, **MICRO)
+    assert not list(cache.glob("smol-tower-*"))  # no half-written tower to load
+    path = smol.vision_dir(retrain=True, **MICRO)
+    assert path.name == f"smol-tower-{tower.TowerConfig(**MICRO).digest()}"
+    assert smol.vision_dir(retrain=True, **MICRO) == path and len(calls) == 2
+    assert json.loads((path / smol.CACHE_FILE).read_text())["reading"]["char_accuracy"] >= 0
 
 
 # --- the preset ------------------------------------------------------------------------------
@@ -364,7 +367,7 @@ def test_vision_dir_trains_once_and_caches(cache, monkeypatch):
 def test_smol_preset_resolves_through_the_cache(tmp_path, monkeypatch):
     """`smol` / `smol-clip` name cached directories; build then takes the ordinary local-directory path."""
     vision = tmp_path / "vision"
-    clip_pretrain.pretrain(clip_pretrain.PretrainConfig(**{**MICRO, "steps": 1}), vision, progress=False)
+    tower.pretrain(tower.TowerConfig(**{**MICRO, "steps": 1}), vision, work=tmp_path / "w", progress=False)
     llm = tmp_path / "llm"
     tokenizer = tiny.tiny_tokenizer()
     tokenizer.chat_template = CHATML
@@ -374,7 +377,7 @@ def test_smol_preset_resolves_through_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(smol, "llm_dir", lambda: llm)
 
     model, processor = build_llava(ModelConfig(preset="smol"))
-    assert model.config.vision_config.image_size == 28
+    assert model.config.vision_config.image_size == 64
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
     prompt = processor.apply_chat_template(msgs, add_generation_prompt=True)
     assert prompt.startswith("<|im_start|>")
@@ -411,20 +414,46 @@ def test_real_smollm2_tokenizer_and_chat(smol_llm_dir):
     assert "Paris" in answer, answer
 
 
+def test_shipped_tower_reads_held_out_scenes():
+    """The tower inside the package, scored afresh on held-out street scenes (a seed of their own):
+    the reading recorded in its metrics.json, and at least 95% of sign and number characters."""
+    vision = CLIPVisionModel.from_pretrained(smol.shipped_tower()).eval()
+    cfg = tower.TowerConfig(**json.loads((smol.TOWER_ASSET / "metrics.json").read_text())["config"])
+    assert vision.config.image_size == cfg.image_size == 224
+    recorded = json.loads((smol.TOWER_ASSET / "metrics.json").read_text())["reading"]
+    assert recorded["signs_and_numbers"] >= 0.95
+    heads = tower.Heads(cfg.hidden_size)
+    heads.load_state_dict(load_file(str(smol.TOWER_ASSET / "heads.safetensors")))
+    images, labels, _ = tower.draw_batch(cfg, 1, 0, 48, sheets=False)
+    with torch.no_grad():
+        predicted = tower.predict(vision, heads.eval(), tower._normalise(images))
+    now = tower.score(predicted, labels)
+    assert now["signs_and_numbers"] >= 0.95 and now["char_accuracy"] >= 0.95
+    assert abs(now["char_accuracy"] - recorded["char_accuracy"]) < 0.03
+
+
+@pytest.mark.slow
+def test_a_short_pretrain_tower_run_raises_held_out_reading(tmp_path):
+    """`vlx pretrain-tower` itself, 120 steps (about 3 minutes on 2 cores): held-out character
+    accuracy goes from chance to most characters right."""
+    from typer.testing import CliRunner
+
+    from vlx.cli import app
+
+    cfg = tower.TowerConfig(steps=120)
+    untrained = tower.evaluate(tower.ReadingTower(cfg).eval(), cfg, n=48)
+    result = CliRunner().invoke(app, ["pretrain-tower", "--out", str(tmp_path / "t"), "--steps", "120"])
+    assert result.exit_code == 0, result.output
+    reading = json.loads((tmp_path / "t" / "metrics.json").read_text())["reading"]
+    assert untrained["char_accuracy"] < 0.1
+    assert reading["char_accuracy"] > 0.6 and reading["shop_category"] > untrained["shop_category"]
+
+
 @pytest.mark.slow
 def test_real_smol_preset_builds(smol_llm_dir):
     model, processor = build_llava(ModelConfig(preset="smol"))
-    assert model.config.vision_config.image_size == 168
-    assert model.config.image_seq_length == 144
-    metrics = json.loads((smol.vision_dir() / smol.CACHE_FILE).read_text())["metrics"]
-    # Zero-shot retrieval among held-out pairs, well above chance for shape scenes and street scenes
-    # alike, and the zero-shot category of one-shop scenes above the majority class (measured on a
-    # 2-core CPU: 8x chance for both, category 0.35 vs 0.20). The contrastive-only tower this
-    # replaced stayed at chance on street scenes.
-    r = metrics["retrieval"]
-    assert r["shapes_image_to_text"] > 5 * metrics["chance"]
-    assert r["poi_image_to_text"] > 3 / r["poi_n"]
-    assert r["poi_category_zero_shot"] > r["poi_category_majority"]
+    assert model.config.vision_config.image_size == 224
+    assert model.config.image_seq_length == 256
     msgs = [{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}]
     inputs = processor(text=processor.apply_chat_template(msgs, add_generation_prompt=True), return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)

