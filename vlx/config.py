@@ -39,8 +39,14 @@ class ModelConfig:
     """Maximum tokens per sample, image tokens included (LLaVA-1.5: 2048)."""
     seed: int = 0
     """Seed for randomly initialised parts (projector, and every weight of `tiny`)."""
+    projector_init: str | None = None
+    """Safetensors file of projector weights to start stage 1 from (LLaVA's `--pretrain_mm_mlp_adapter`),
+    e.g. the projector alignment of `vlx.model.align`; default: a fresh projector."""
 
     def __post_init__(self):
+        if self.projector_init is not None and not Path(self.projector_init).is_file():
+            raise ConfigError(f"--projector-init {self.projector_init}: no such file; give the .safetensors file "
+                              f"written by vlx.model.align.save_projector, or leave it out")
         if self.projector is not None and self.projector not in ("mlp2x_gelu", "linear"):
             raise ConfigError(f"--projector {self.projector!r}: use mlp2x_gelu (LLaVA-1.5) or linear (LLaVA-1)")
         if self.image_aspect_ratio is not None and self.image_aspect_ratio not in ("pad", "square", "crop"):
@@ -162,6 +168,10 @@ class FinetuneDataConfig:
     """Override the schema-derived format prompt; the empty string trains without one (the ablation)."""
     task: str | None = None
     """Task instruction opening the derived format prompt; default: the schema's docstring."""
+    prompt_style: str = "cue"
+    """Derived format prompt: `cue` (one line, the task and "Answer in JSON.", as LLaVA-1.5 writes
+    its format prompts) or `schema` (the task and every field spelled out, about 250 tokens for
+    `templates/poi.py`); measured side by side in bench/RESULTS.md."""
     skip_invalid: bool = False
     """Train on the valid rows and write the invalid ones to `rejected.jsonl` instead of stopping."""
 
@@ -170,6 +180,8 @@ class FinetuneDataConfig:
             raise ConfigError(f"--chat-ratio {self.chat_ratio}: must be >= 0")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
+        if self.prompt_style not in ("cue", "schema"):
+            raise ConfigError(f"--prompt-style {self.prompt_style!r}: use cue or schema")
 
 
 def _check_keys(section: str, data: dict, cls) -> None:

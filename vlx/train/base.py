@@ -30,10 +30,11 @@ from vlx.data.feature_cache import CachedFeatureDataset, FeatureCache
 from vlx.data.packing import PackingCollator, packs_into_one_row, supervised_loss
 from vlx.data.formats import DataError, load_rows
 from vlx.device import attn_implementation, device, resolve_precision
+from vlx.model.align import load_projector
 from vlx.model.build import build_llava, load_llava, resolve
 from vlx.plot import plot_metrics
 from vlx.run import RunInfo
-from vlx.train.trainer import LlavaTrainer, MetricsLogger, trainable_summary
+from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, trainable_summary
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def training_args(cfg: TrainConfig, output_dir: Path, *, num_workers: int = 0, d
         dataloader_num_workers=num_workers,
         remove_unused_columns=False,
         report_to="none",
+        disable_tqdm=True,  # ProgressLines prints progress that log files can show too
         deepspeed=deepspeed,
         fsdp="full_shard auto_wrap" if fsdp_config else "",
         fsdp_config=fsdp_config,
@@ -161,6 +163,11 @@ def train_base(model_cfg: ModelConfig, data_cfg: DataConfig, stage_cfgs: dict[st
     stage1_dir = out / "stage1"
     if "1" in stages and not (resume and (stage1_dir / "vlx_run.json").exists()):
         model, processor = build_llava(model_cfg)
+        if model_cfg.projector_init:
+            try:
+                load_projector(model, model_cfg.projector_init)
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
     else:
         source = Path(init_from) if init_from else stage1_dir
         if not (source / "config.json").exists():
@@ -196,7 +203,7 @@ def train_base(model_cfg: ModelConfig, data_cfg: DataConfig, stage_cfgs: dict[st
             compute_loss_func=supervised_loss if data_cfg.packing else None,
             projector_lr=cfg.projector_lr,
             modality_lengths=dataset.lengths if data_cfg.group_by_modality_length else None,
-            callbacks=[MetricsLogger(out / "metrics.jsonl", STAGES[s])],
+            callbacks=[MetricsLogger(out / "metrics.jsonl", STAGES[s]), ProgressLines(f"train-base stage {s}")],
         )
         last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
         trainer.train(resume_from_checkpoint=last)

@@ -1,0 +1,116 @@
+"""Align a LLaVA projector to the LLM's token embeddings before stage 1, from the street world's glyph labels.
+
+    stats = align_projector(model, processor, steps=300)         # trains model's projector in place
+    save_projector(model, "projector.safetensors")               # -> vlx train-base --projector-init FILE
+
+The smol tower classifies every patch of a street scene into the glyph it shows (`vlx.model.tower`).
+Stage 1 must then teach the projector to hand those readings to the LLM in a form it can copy, from
+a few hundred captions. This step gives it a head start without a single LLM forward pass: each
+patch that holds a glyph is regressed onto the LLM's input embedding of that glyph's one-character
+token (`G`, `o`, `l`, ...; a space inside a text onto the space token), so a text row of the image
+reaches the LLM much as the same text spelled out character by character would. Patches without
+text are left free: they carry the scene (colours, goods, the storefront) for stage 1 to shape.
+
+Images and labels come from `vlx.model.tower.draw_batch` on a stream of its own (no tower
+pre-training batch and no demo image is drawn twice); they need a tower whose patch grid is the
+street world's `GRID` x `GRID`. Only the projector's weights change.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from vlx.data.street import GLYPHS, GRID
+from vlx.progress import Progress
+
+log = logging.getLogger(__name__)
+
+ALIGN_STREAM = 2
+"""`draw_batch` stream of the alignment images (0: tower pre-training, 1: tower evaluation)."""
+
+
+def glyph_token_ids(tokenizer) -> torch.Tensor:
+    """-> (len(GLYPHS) + 1,) token ids: index 0 the space token, index i the token of glyph i."""
+    ids = []
+    for char in " " + GLYPHS:
+        tokens = tokenizer.encode(char, add_special_tokens=False)
+        if len(tokens) != 1:
+            raise ValueError(f"the tokenizer splits {char!r} into {len(tokens)} tokens; projector alignment needs one "
+                             f"token per character (byte-level BPE and SentencePiece vocabularies have them)")
+        ids.append(tokens[0])
+    return torch.tensor(ids)
+
+
+def _features(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Frozen tower features at LLaVA's feature layer, CLS dropped: (B, GRID*GRID, vision hidden)."""
+    layer = model.config.vision_feature_layer
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+    return hidden[layer][:, 1:]
+
+
+def align_projector(model, processor, *, steps: int = 300, batch_size: int = 32, learning_rate: float = 1e-3,
+                    seed: int = 0, progress: bool = True) -> dict:
+    """Regress projected text patches onto their glyphs' token embeddings; returns loss statistics."""
+    from vlx.model.tower import TowerConfig, draw_batch
+
+    vision = model.config.vision_config
+    if vision.image_size // vision.patch_size != GRID:
+        raise ValueError(f"projector alignment needs a tower with a {GRID} x {GRID} patch grid (the street world's); "
+                         f"this one has {vision.image_size // vision.patch_size} x {vision.image_size // vision.patch_size}")
+    tower_cfg = TowerConfig(image_size=vision.image_size, patch_size=vision.patch_size, seed=seed)
+    token_ids = glyph_token_ids(processor.tokenizer)
+    embeddings = model.get_input_embeddings().weight.detach()
+    scale = embeddings[token_ids].pow(2).sum(-1).mean()  # squared norm of a typical target
+    projector = model.model.multi_modal_projector
+    params = list(projector.parameters())
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    device = next(model.parameters()).device
+    bar = Progress("projector alignment", steps, every=30.0 if progress else float("inf"))
+    losses = []
+    for step in range(steps):
+        images, labels, _ = draw_batch(tower_cfg, ALIGN_STREAM, step, batch_size)
+        pixels = processor.image_processor([Image.fromarray(a) for a in images], return_tensors="pt")["pixel_values"]
+        glyph = torch.from_numpy(labels[:, 0]).flatten(1)  # (B, GRID*GRID)
+        in_text = (glyph > 0) | (torch.from_numpy(labels[:, 1]).flatten(1) > 0)
+        features = _features(model, pixels.to(device, dtype=next(projector.parameters()).dtype))
+        projected = projector(features)  # (B, GRID*GRID, LLM hidden)
+        target = embeddings[token_ids[glyph[in_text]]].to(projected.dtype)
+        loss = (projected[in_text.to(device)] - target).pow(2).sum(-1).mean() / scale
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 4))
+        bar.update(step + 1, f"relative error {loss.item():.3f}")
+    bar.done(f"relative error {losses[0]:.3f} -> {losses[-1]:.3f}")
+    return {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1], "loss": losses}
+
+
+def save_projector(model, path: str | Path) -> Path:
+    """The projector's weights as safetensors (the keys of `multi_modal_projector.state_dict()`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.model.multi_modal_projector.state_dict().items()}
+    save_file(state, str(path))
+    return path
+
+
+def load_projector(model, path: str | Path) -> None:
+    """Load `save_projector`'s file into `model`'s projector; shapes must match (LLaVA's --pretrain_mm_mlp_adapter)."""
+    state = load_file(str(path))
+    projector = model.model.multi_modal_projector
+    expected = projector.state_dict()
+    wrong = [k for k in expected if k not in state or state[k].shape != expected[k].shape]
+    if wrong or set(state) - set(expected):
+        raise ValueError(f"--projector-init {path}: its weights do not fit this model's projector (keys or shapes "
+                         f"differ at {', '.join(wrong or sorted(set(state) - set(expected)))}); give the file written "
+                         f"for the same vision tower, LLM and --projector")
+    projector.load_state_dict(state)
