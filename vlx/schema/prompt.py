@@ -2,13 +2,23 @@
 
 LLaVA-1.5 appends a short format instruction to each task's questions ("Answer the question
 using a single word or phrase."); the paper's ablation credits it with letting one model switch
-between terse task answers and free chat. For an extraction task the instruction is the task
-plus a compact description of the fields, so the model sees the contract it is decoded under:
+between terse task answers and free chat. Two forms for an extraction task:
 
-    >>> print(format_prompt(StreetScene))  # doctest: +SKIP
-    Every storefront visible in the image, left to right (none is a valid answer).
-    Answer in JSON: {pois: list of up to 3 {name: text (max 40; as written on the sign), ...}}.
-    Use null for what is not visible.
+- `cue` (the fine-tuning default): one line, as LLaVA-1.5 writes its format prompts, the task and
+  "Answer in JSON." The grammar already enforces the structure, and a fine-tuned model learns
+  the fields from its targets, so spelling them out costs prompt tokens on every image for
+  nothing the decoder does not already guarantee:
+
+      >>> print(format_prompt(StreetScene, style="cue"))  # doctest: +SKIP
+      Every storefront visible in the image, left to right (none is a valid answer). Answer in JSON.
+
+- `schema`: the task plus a compact description of every field, so that a model that was never
+  trained on the task (a base model used zero-shot) sees the contract it is decoded under:
+
+      >>> print(format_prompt(StreetScene, style="schema"))  # doctest: +SKIP
+      Every storefront visible in the image, left to right (none is a valid answer).
+      Answer in JSON: {pois: list of up to 3 {name: text (max 40; as written on the sign), ...}}.
+      Use null for what is not visible.
 """
 
 from __future__ import annotations
@@ -23,11 +33,19 @@ DEFAULT_TASK = "Extract the information shown in the image."
 MAX_PATTERN_SHOWN = 20
 
 
-def format_prompt(Schema: type[BaseModel], task: str | None = None) -> str:
-    """The response-format prompt for `Schema`: `task` (default: the model's docstring) and the fields."""
+STYLES = ("cue", "schema")
+
+
+def format_prompt(Schema: type[BaseModel], task: str | None = None, style: str = "schema") -> str:
+    """The response-format prompt for `Schema`: `task` (default: the model's docstring), then
+    "Answer in JSON." (`style="cue"`) or a description of the fields (`style="schema"`)."""
+    if style not in STYLES:
+        raise ValueError(f"format prompt style {style!r}: use one of {', '.join(STYLES)}")
     if task is None:
         doc = (Schema.__doc__ or "").strip()
         task = doc.split("\n\n")[0].replace("\n", " ") if doc and doc != BaseModel.__doc__.strip() else DEFAULT_TASK
+    if style == "cue":
+        return f"{task.strip()} Answer in JSON."
     tree = inline(Schema, keep_docs=True)
     lines = [task.strip(), f"Answer in JSON: {_describe(tree, top=True)}."]
     if _has_null(tree):

@@ -38,7 +38,7 @@ from vlx.plot import plot_metrics
 from vlx.run import RunInfo
 from vlx.schema import check_supported, format_prompt, json_schema, load_schema, validate_rows
 from vlx.train.base import training_args
-from vlx.train.trainer import LlavaTrainer, MetricsLogger, trainable_summary
+from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, trainable_summary
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     _check_qlora(lora_cfg)
     Schema = load_schema(schema, schema_class)
     check_supported(Schema)
-    fmt = data_cfg.format_prompt if data_cfg.format_prompt is not None else format_prompt(Schema, data_cfg.task)
+    fmt = data_cfg.format_prompt if data_cfg.format_prompt is not None else format_prompt(Schema, data_cfg.task, style=data_cfg.prompt_style)
     if not data_cfg.data:
         raise ConfigError("--data is required: a JSONL file of {\"image\", \"target\"} rows")
     if out.exists() and (out / "vlx_run.json").exists() and not resume:
@@ -248,7 +248,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
         projector_lr=train_cfg.projector_lr,
         modality_lengths=dataset.lengths,
         source_names=SOURCES,
-        callbacks=[MetricsLogger(out / "metrics.jsonl", "finetune"),
+        callbacks=[MetricsLogger(out / "metrics.jsonl", "finetune"), ProgressLines("finetune"),
                    ExtractionEval(processor, Schema, fmt, template, val_rows, out / "metrics.jsonl")],
     )
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
