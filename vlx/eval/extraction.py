@@ -99,10 +99,14 @@ def evaluate_run(model: str | Path, data: str | Path, *, chat_data: str | Path |
 
     Schema = load_run_schema(model)
     rows = load_gold(data, Schema, limit=limit)
+    from vlx.progress import Progress
+
     extractor = load(model, batch_size=batch_size, max_new_tokens=max_new_tokens)
     started = time.perf_counter()
-    results = extractor.extract_many([r.image for r in rows])
+    bar = Progress(f"eval: extracting {len(rows)} images", len(rows))
+    results = extractor.extract_many([r.image for r in rows], on_progress=lambda n: bar.advance(n))
     seconds = time.perf_counter() - started
+    bar.done(f"{len(rows) / seconds:.2f} images/s")
     # An ExtractionError is no answer at all: schema-invalid, and empty on every field.
     predictions = [None if isinstance(x, ExtractionError) else x for x in results]
     errors = [str(x) if isinstance(x, ExtractionError) else None for x in results]

@@ -161,6 +161,35 @@ class MetricsLogger(TrainerCallback):
             f.write(json.dumps(entry) + "\n")
 
 
+class ProgressLines(TrainerCallback):
+    """The Trainer's progress as plain lines (`vlx.progress`): step, loss, learning rate and ETA at
+    least every 30 s, readable in a terminal and in a log file alike (tqdm's bar is turned off)."""
+
+    def __init__(self, description: str, every: float = 30.0):
+        self.description, self.every = description, every
+        self.bar = None
+        self.info = ""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from vlx.progress import Progress
+
+            self.bar = Progress(self.description, state.max_steps, start=state.global_step, every=self.every)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.info = f"loss {float(logs['loss']):.4f} lr {float(logs.get('learning_rate', 0)):.2e}"
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step, self.info)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.done(self.info)
+            self.bar = None
+
+
 def trainable_summary(model) -> dict[str, int]:
     """Trainable parameter counts per top-level part (vision tower, projector, LLM)."""
     out: dict[str, int] = {}
