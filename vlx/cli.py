@@ -63,6 +63,7 @@ def train_base_cmd(
     llm: Annotated[Optional[str], typer.Option(help="LLM: hub id, local dir, or dir with a GGUF file (overrides the preset).")] = None,
     llm_gguf_file: Annotated[Optional[str], typer.Option(help="GGUF file name inside --llm.")] = None,
     projector: Annotated[Optional[str], typer.Option(help="mlp2x_gelu (LLaVA-1.5) or linear (LLaVA-1).")] = None,
+    projector_init: Annotated[Optional[str], typer.Option(help="Start stage 1 from these projector weights (.safetensors; LLaVA's --pretrain_mm_mlp_adapter).")] = None,
     image_aspect_ratio: Annotated[Optional[str], typer.Option(help="pad (LLaVA-1.5), square or crop.")] = None,
     template: Annotated[Optional[str], typer.Option(help="Stage-2 template: vicuna_v1 or chatml.")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sample, image tokens included.")] = None,
@@ -91,6 +92,7 @@ def train_base_cmd(
         yaml_cfg = load_yaml(config, {"model": ModelConfig, "data": DataConfig, "stage1": TrainConfig,
                                       "stage2": TrainConfig}) if config else {}
         model_flags = dict(vision=vision, llm=llm, llm_gguf_file=llm_gguf_file, projector=projector,
+                           projector_init=projector_init,
                            image_aspect_ratio=image_aspect_ratio, template=template, max_length=max_length)
         model_cfg = merge(ModelConfig, {"preset": preset}, yaml_cfg.get("model", {}), model_flags)
         data_cfg = merge(DataConfig, yaml_cfg.get("data", {}), dict(
@@ -134,6 +136,7 @@ def finetune_cmd(
     chat_ratio: Annotated[Optional[float], typer.Option(help="Chat rows per extraction row; 0 disables chat replay.")] = None,
     format_prompt: Annotated[Optional[str], typer.Option(help="Override the schema-derived format prompt ('' trains without one).")] = None,
     task: Annotated[Optional[str], typer.Option(help="Task instruction opening the derived format prompt.")] = None,
+    prompt_style: Annotated[Optional[str], typer.Option(help="Derived format prompt: cue (one line: the task, 'Answer in JSON.') or schema (every field spelled out).")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Train on valid rows; write the invalid ones to rejected.jsonl.")] = False,
     lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (LLaVA: 128).")] = None,
     lora_alpha: Annotated[Optional[int], typer.Option(help="LoRA alpha (LLaVA: 256).")] = None,
@@ -166,7 +169,7 @@ def finetune_cmd(
         data_cfg = merge(FinetuneDataConfig, yaml_cfg.get("data", {}), dict(
             data=data, val_data=val_data, val_fraction=val_fraction, image_folder=image_folder,
             chat_data=chat_data, chat_ratio=chat_ratio, format_prompt=format_prompt, task=task,
-            skip_invalid=skip_invalid or None))
+            prompt_style=prompt_style, skip_invalid=skip_invalid or None))
         preset = _base_preset(base)
         train_cfg = merge(TrainConfig, PRESETS[preset].finetune, yaml_cfg.get("train", {}), dict(
             learning_rate=learning_rate, projector_lr=projector_lr, epochs=epochs, max_steps=max_steps,
@@ -451,22 +454,55 @@ def chat_cmd(
 
 # ---- demo -------------------------------------------------------------------------------------
 
+@app.command("pretrain-tower")
+def pretrain_tower_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the tower (CLIPVisionModel, image processor, metrics.json).")],
+    steps: Annotated[int, typer.Option(help="Optimizer steps of 32 images (about 1.4 s each on 2 CPU cores with bf16).")] = 3000,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights and of the synthetic batches.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    precision: Annotated[str, typer.Option(help="auto (bf16 where the CPU/GPU has it), bf16 or fp32.")] = "auto",
+):
+    """Pre-train the smol preset's vision tower to read street scenes (dense per-patch labels); resumable.
+
+    Killed or interrupted, the same command continues from its last checkpoint (every 100 steps, in
+    OUT/../.OUT.work/). The result is a plain CLIPVisionModel directory.
+    """
+    from vlx.model.tower import TowerConfig, pretrain
+
+    _setup_logging()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    if out.exists() and any(out.iterdir()):
+        _fail(f"--out {out} exists and is not empty; give a new directory (the tower is written there when whole)")
+    try:
+        cfg = TowerConfig(steps=steps, seed=seed, batch_size=batch_size, precision=precision)
+    except ValueError as e:
+        _fail(str(e))
+    from vlx.run import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        metrics = pretrain(cfg, tmp, work=out.parent / f".{out.name}.work")
+    typer.echo(f"tower written to {out}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Directory for data, runs, evaluations and report.html.")] = Path("demo"),
     quick: Annotated[bool, typer.Option(help="The same pipeline on the tiny preset with small data (under 2 minutes).")] = False,
     ablation: Annotated[bool, typer.Option(help="Also fine-tune without format prompt and chat replay, evaluated side by side.")] = False,
+    seed: Annotated[int, typer.Option(help="Draw another synthetic world (data, splits, alignment images).")] = 0,
+    retrain_tower: Annotated[bool, typer.Option(help="Pre-train the smol vision tower into the cache (about an hour, resumable) instead of using the shipped one.")] = False,
 ):
     """Synthesise data, train a LLaVA-1.5 base (smol), fine-tune it on templates/poi.py, evaluate, write report.html."""
     from vlx.demo import run_demo
+    from vlx.model.smol import SmolError
     from vlx.schema import SchemaError
 
     _setup_logging()
     for name in ("transformers", "vlx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        result = run_demo(out, quick=quick, ablation=ablation)
-    except (*_user_errors(), SchemaError) as e:
+        result = run_demo(out, quick=quick, ablation=ablation, seed=seed, retrain_tower=retrain_tower)
+    except (*_user_errors(), SchemaError, SmolError) as e:
         _fail(str(e))
     typer.echo(result["summary"])
     typer.echo(f"report: {out / 'report.html'}")

@@ -23,6 +23,8 @@ import dataclasses
 import html
 import json
 import logging
+import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +75,11 @@ class DemoConfig:
     """Processes rendering synthetic images."""
     feature_cache: bool = True
     """Cache the frozen tower's features between stages (`vlx.data.feature_cache`)."""
+    align_steps: int = 0
+    """Steps of projector alignment before stage 1 (`vlx.model.align`; 0: none). Needs a tower whose
+    patch grid is the street world's, as smol's is."""
+    prompt_style: str = "cue"
+    """The fine-tune's derived format prompt (`FinetuneDataConfig.prompt_style`)."""
 
 
 QUICK = DemoConfig(
@@ -105,12 +112,17 @@ FULL = DemoConfig(
 Say = Callable[[str], None]
 
 
-def make_data(cfg: DemoConfig, data: Path, progress=None) -> dict[str, Path]:
-    """Synthesise every data set the demo uses under `data/`; returns their paths."""
+def make_data(cfg: DemoConfig, data: Path, progress=None, seed: int = 0) -> dict[str, Path]:
+    """Synthesise every data set the demo uses under `data/`; returns their paths.
+
+    `seed` draws another world: every set's generator seed moves by 3 x seed (the chat-replay and
+    held-out chat sets keep seeds of their own, one and two above the others).
+    """
     from vlx.data.synth import image_count, synth
 
-    jobs = [("captions", cfg.n_captions, 0), ("instruct", cfg.n_instruct, 0), ("poi", cfg.n_poi, 0),
-            ("chat", cfg.n_chat, 1), ("chat", cfg.n_chat_eval, 2)]
+    base = 3 * seed
+    jobs = [("captions", cfg.n_captions, base), ("instruct", cfg.n_instruct, base), ("poi", cfg.n_poi, base),
+            ("chat", cfg.n_chat, base + 1), ("chat", cfg.n_chat_eval, base + 2)]
     names = ["captions", "instruct", "poi", "chat", "chat-eval"]
     paths: dict[str, Path] = {}
     for name, (kind, n, seed) in zip(names, jobs):
@@ -129,7 +141,21 @@ def make_data(cfg: DemoConfig, data: Path, progress=None) -> dict[str, Path]:
     return paths
 
 
-def train(cfg: DemoConfig, paths: dict[str, Path], out: Path) -> Path:
+def align(cfg: DemoConfig, out: Path, vision: str | None = None, seed: int = 0) -> Path:
+    """Projector alignment (`vlx.model.align`) on a freshly built model -> the projector file for stage 1."""
+    from vlx.config import ModelConfig
+    from vlx.model.align import align_projector, save_projector
+    from vlx.model.build import build_llava
+
+    model, processor = build_llava(ModelConfig(preset=cfg.preset, vision=vision))
+    stats = align_projector(model, processor, steps=cfg.align_steps, seed=seed)
+    path = save_projector(model, out / "align" / "projector.safetensors")
+    (out / "align" / "stats.json").write_text(json.dumps(stats) + "\n")
+    return path
+
+
+def train(cfg: DemoConfig, paths: dict[str, Path], out: Path, vision: str | None = None,
+          projector_init: Path | None = None) -> Path:
     """`vlx train-base`, both stages, on the demo's data."""
     from vlx.config import DataConfig, ModelConfig, TrainConfig, merge
     from vlx.model.presets import get_preset
@@ -139,7 +165,8 @@ def train(cfg: DemoConfig, paths: dict[str, Path], out: Path) -> Path:
     data_cfg = DataConfig(stage1_data=str(paths["captions"]), stage2_data=str(paths["instruct"]),
                           feature_cache=str(out / "features") if cfg.feature_cache else None)
     stages = {"1": merge(TrainConfig, p.stage1, cfg.stage1), "2": merge(TrainConfig, p.stage2, cfg.stage2)}
-    return train_base(ModelConfig(preset=cfg.preset), data_cfg, stages, out / "base")
+    model_cfg = ModelConfig(preset=cfg.preset, vision=vision, projector_init=str(projector_init) if projector_init else None)
+    return train_base(model_cfg, data_cfg, stages, out / "base")
 
 
 def tune(cfg: DemoConfig, base: Path, paths: dict[str, Path], out: Path, *, ablation: bool = False) -> Path:
@@ -151,7 +178,7 @@ def tune(cfg: DemoConfig, base: Path, paths: dict[str, Path], out: Path, *, abla
     data_cfg = FinetuneDataConfig(data=str(paths["poi_train"]), val_data=str(paths["poi_val"]),
                                   val_max=cfg.val_max, chat_data=str(paths["chat"]),
                                   chat_ratio=0.0 if ablation else cfg.chat_ratio,
-                                  format_prompt="" if ablation else None)
+                                  format_prompt="" if ablation else None, prompt_style=cfg.prompt_style)
     train_cfg = merge(TrainConfig, get_preset(cfg.preset).finetune, cfg.finetune)
     return finetune(base, POI_SCHEMA, data_cfg, train_cfg, LoraConfig(**cfg.lora),
                     out / ("ablation" if ablation else "finetune"))
@@ -182,19 +209,52 @@ def evaluate(run: Path, paths: dict[str, Path], out_dir: Path, *, max_new_tokens
 
 # ---- the report -------------------------------------------------------------------------------
 
-def headline(report: dict) -> dict:
-    """The numbers the demo is judged by, from one `evaluate_run` report."""
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k / n (well-behaved at 0 and 1, unlike k/n +- 2 se)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+
+
+def empty_facades(eval_dir: Path) -> dict:
+    """Test scenes without a shop, and the share of them answered with no POI."""
+    rows = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines() if line.strip()]
+    empty = [r for r in rows if not r["target"]["pois"]]
+    right = sum(1 for r in empty if r["prediction"] is not None and not json.loads(r["prediction"])["pois"])
+    return {"n": len(empty), "answered_none": right / len(empty) if empty else None,
+            "ci95": wilson(right, len(empty)) if empty else None}
+
+
+def headline(report: dict, eval_dir: Path | None = None) -> dict:
+    """The numbers the demo is judged by, from one `evaluate_run` report: every field's accuracy with
+    its 95% interval beside its majority baseline, schema validity, empty facades and chat retention."""
     f = report["fields"]
     chat = report.get("chat", {})
-    return {"schema_valid_rate": report["schema_valid_rate"],
-            "category": f["pois[].category"]["accuracy"],
-            "category_baseline": f["pois[].category"]["baseline"]["accuracy"],
-            "name": f["pois[].name"]["accuracy"],
-            "name_baseline": f["pois[].name"]["baseline"]["accuracy"],
-            "house_number": f["pois[].address.house_number"]["accuracy"],
-            "house_number_baseline": f["pois[].address.house_number"]["baseline"]["accuracy"],
-            "chat_json_leak_rate": chat.get("json_leak_rate"),
-            "chat_perplexity_drift": chat.get("perplexity_drift")}
+    fields = {}
+    for path, m in f.items():
+        if "accuracy" not in m:
+            continue
+        base = (m.get("baseline") or {}).get("accuracy")
+        fields[path] = {"accuracy": m["accuracy"], "ci95": wilson(round(m["accuracy"] * m["n"]), m["n"]),
+                        "baseline": base, "n": m["n"], "above_baseline": base is None or m["accuracy"] > base}
+    out = {"schema_valid_rate": report["schema_valid_rate"],
+           "schema_valid_ci95": wilson(round(report["schema_valid_rate"] * report["n"]), report["n"]),
+           "category": f["pois[].category"]["accuracy"],
+           "category_baseline": f["pois[].category"]["baseline"]["accuracy"],
+           "name": f["pois[].name"]["accuracy"],
+           "name_baseline": f["pois[].name"]["baseline"]["accuracy"],
+           "house_number": f["pois[].address.house_number"]["accuracy"],
+           "house_number_baseline": f["pois[].address.house_number"]["baseline"]["accuracy"],
+           "fields": fields,
+           "fields_above_baseline": sum(v["above_baseline"] for v in fields.values()),
+           "chat_json_leak_rate": chat.get("json_leak_rate"),
+           "chat_perplexity_drift": chat.get("perplexity_drift")}
+    if eval_dir is not None:
+        out["empty_facades"] = empty_facades(eval_dir)
+    return out
 
 
 def _img(path: Path, width: int | None = None) -> str:
@@ -209,18 +269,26 @@ def _fmt(x, pct: bool = False) -> str:
     return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
 
 
+def _cell(f: dict, metric: str) -> str:
+    value = f.get(metric)
+    if metric != "accuracy" or value is None or not f.get("n"):
+        return _fmt(value)
+    lo, hi = wilson(round(value * f["n"]), f["n"])
+    return f"{value:.3f} <small>[{lo:.2f}, {hi:.2f}]</small>"
+
+
 def _metrics_table(reports: dict[str, dict]) -> str:
     names = list(reports)
     first = reports[names[0]]
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-    rows = [f"<tr><td>schema-valid rate</td><td></td>"
+    rows = ["<tr><td>schema-valid rate</td><td></td>"
             + "".join(f"<td>{_fmt(r['schema_valid_rate'], True)}</td>" for r in reports.values()) + "<td>100%</td></tr>"]
     for path, f in first["fields"].items():
         metrics = ["count_accuracy"] if f["kind"] == "aligned" else ["accuracy"] + (["cer"] if f["kind"] == "text"
                                                                                    else ["f1"] if f["kind"] == "set" else [])
         for m in metrics:
             base = (f.get("baseline") or {}).get(m)
-            cells = "".join(f"<td>{_fmt(r['fields'][path].get(m))}</td>" for r in reports.values())
+            cells = "".join(f"<td>{_cell(r['fields'][path], m)}</td>" for r in reports.values())
             rows.append(f"<tr><td>{html.escape(path)}</td><td>{m}</td>{cells}<td>{_fmt(base)}</td></tr>")
     for key, label, pct in (("json_leak_rate", "chat JSON-leak rate", True), ("perplexity", "chat answer perplexity", False),
                             ("perplexity_drift", "chat perplexity drift vs base", True)):
@@ -283,7 +351,7 @@ def write_report(out: Path, cfg: DemoConfig, reports: dict[str, dict], runs: dic
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}pre{margin:0;font-size:11px}"
              ".ok{background:#e8f6e8}.bad{background:#fbe9e9}figure{display:inline-block;margin:0 1em 1em 0}")
-    summary = html.escape(summary_line(reports, seconds))
+    summary = html.escape(summary_line(reports, seconds, eval_dirs))
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>vlx demo</title><style>{style}</style></head><body>
 <h1>vlx demo: street-scene POI extraction on <code>{cfg.preset}</code></h1>
 <p>{summary}</p>
@@ -291,8 +359,8 @@ def write_report(out: Path, cfg: DemoConfig, reports: dict[str, dict], runs: dic
 scenes ({paths['poi_test'].parent}), {cfg.n_chat} chat-replay and {cfg.n_chat_eval} held-out chat conversations.
 Schema: <code>templates/poi.py</code> (StreetScene). Wall time {seconds / 60:.1f} min.</p>
 <h2>Metrics on the held-out test split</h2>
-<p>Each field beside its majority-class baseline (always answering the most common gold value); chat metrics beside
-the base model's before fine-tuning.</p>
+<p>Each field beside its majority-class baseline (always answering the most common gold value), accuracies with
+their 95% Wilson intervals; chat metrics beside the base model's before fine-tuning.</p>
 {_metrics_table(reports)}
 <h2>Loss curves</h2>{curve_html}
 <h2>Extracted JSON next to ground truth</h2>
@@ -308,16 +376,19 @@ the base model's before fine-tuning.</p>
     return path
 
 
-def summary_line(reports: dict[str, dict], seconds: float) -> str:
+def summary_line(reports: dict[str, dict], seconds: float, eval_dirs: dict[str, Path] | None = None) -> str:
     """One line: the fine-tuned model's headline numbers (and the ablation's, if run)."""
     parts = []
     for name, r in reports.items():
-        h = headline(r)
+        h = headline(r, (eval_dirs or {}).get(name))
         drift = h["chat_perplexity_drift"]
+        empty = h.get("empty_facades") or {}
         parts.append(f"{name}: schema-valid {_fmt(h['schema_valid_rate'], True)}, category {h['category']:.2f} "
                      f"(baseline {h['category_baseline']:.2f}), name {h['name']:.2f} ({h['name_baseline']:.2f}), "
-                     f"house number {h['house_number']:.2f} ({h['house_number_baseline']:.2f}), chat JSON leak "
-                     f"{_fmt(h['chat_json_leak_rate'], True)}, perplexity drift "
+                     f"house number {h['house_number']:.2f} ({h['house_number_baseline']:.2f}), "
+                     f"{h['fields_above_baseline']}/{len(h['fields'])} fields above baseline, "
+                     + (f"empty facades {empty['answered_none']:.2f} of {empty['n']}, " if empty.get("n") else "")
+                     + f"chat JSON leak {_fmt(h['chat_json_leak_rate'], True)}, perplexity drift "
                      f"{'n/a' if drift is None else f'{100 * drift:+.1f}%'}")
     return "; ".join(parts) + f" [{seconds / 60:.1f} min]"
 
@@ -325,77 +396,83 @@ def summary_line(reports: dict[str, dict], seconds: float) -> str:
 # ---- the recipe -------------------------------------------------------------------------------
 
 def run_demo(out: str | Path = "demo", *, quick: bool = False, ablation: bool = False,
-             config: DemoConfig | None = None, console=None) -> dict:
+             config: DemoConfig | None = None, seed: int = 0, retrain_tower: bool = False) -> dict:
     """Run the whole demo into `out`; returns the content of `OUT/metrics.json`.
+
+    `seed` draws another synthetic world (data, splits, alignment images); `retrain_tower` pre-trains
+    the smol vision tower into the cache (`vlx pretrain-tower`'s recipe, about an hour on 2 cores,
+    resumable) instead of using the one that ships with vlx.
 
     >>> result = run_demo("demo-quick", quick=True)  # doctest: +SKIP
     >>> result["finetune"]["headline"]["schema_valid_rate"]  # doctest: +SKIP
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from vlx.device import release_memory
+    from vlx.progress import Progress
 
     cfg = config or (QUICK if quick else FULL)
     out = Path(out)
     if (out / "metrics.json").exists() or (out / "base" / "vlx_run.json").exists():
         raise FileExistsError(f"{out} already holds a demo; remove it or pass another --out")
     out.mkdir(parents=True, exist_ok=True)
-    from vlx.device import release_memory
-
     started = time.perf_counter()
-    steps = ["data", "train-base", "finetune"] + (["finetune (ablation)"] if ablation else []) + \
-            ["eval"] + (["eval (ablation)"] if ablation else []) + ["report"]
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console or Console(stderr=True)) as bar:
-        overall = bar.add_task(f"vlx demo ({cfg.preset})", total=len(steps))
+    timings: dict[str, float] = {}  # wall seconds per step
 
-        timings: dict[str, float] = {}  # wall seconds per step
+    def step(name: str | None):
+        release_memory()
+        now = time.perf_counter()
+        if timings:
+            last = next(reversed(timings))
+            timings[last] = now - timings[last]
+            log_line(f"vlx demo: {last} took {timings[last] / 60:.1f} min")
+        if name is not None:
+            timings[name] = now  # start time until the next step() replaces it by the duration
+            log_line(f"vlx demo ({cfg.preset}): {name} [{(now - started) / 60:.1f} min elapsed]")
 
-        def step(name: str | None):
-            release_memory()
-            now = time.perf_counter()
-            if timings:
-                last = next(reversed(timings))
-                timings[last] = now - timings[last]
-            if name is not None:
-                timings[name] = now  # start time until the next step() replaces it by the duration
-                bar.update(overall, description=f"vlx demo ({cfg.preset}): {name}")
+    def progress(description: str, total: int):
+        bar = Progress(f"  {description}", total)
+        return lambda: bar.advance()
 
-        def progress(description: str, total: int):
-            task = bar.add_task(f"  {description}", total=total)
-            return lambda: bar.advance(task)
+    vision = None
+    if retrain_tower:
+        from vlx.model import smol
 
-        step("data")
-        paths = make_data(cfg, out / "data", progress)
-        bar.advance(overall)
-        step("train-base (stage 1 and 2)")
-        base = train(cfg, paths, out)
-        bar.advance(overall)
-        runs = {"finetune": None, "ablation": None} if ablation else {"finetune": None}
-        for name in runs:
-            step(f"finetune{' (ablation: no format prompt, no chat replay)' if name == 'ablation' else ''}")
-            runs[name] = tune(cfg, base, paths, out, ablation=name == "ablation")
-            bar.advance(overall)
-        reports, eval_dirs = {}, {}
-        budget = answer_budget(base, paths["poi_train"])
-        for name, run in runs.items():
-            step(f"eval {name}")
-            eval_dirs[name] = out / "eval" / name
-            reports[name] = evaluate(run, paths, eval_dirs[name], max_new_tokens=budget)
-            bar.advance(overall)
-        step("report")
-        seconds = time.perf_counter() - started
-        write_report(out, cfg, reports, runs, eval_dirs, paths, seconds)
-        step(None)
-        bar.advance(overall)
-    result = {"preset": cfg.preset, "quick": quick, "wall_seconds": seconds, "step_seconds": timings,
-              "config": dataclasses.asdict(cfg),
-              "summary": summary_line(reports, seconds)}
+        step("vision tower (pre-training, resumable)")
+        vision = str(smol.vision_dir(retrain=True))
+    step("data")
+    paths = make_data(cfg, out / "data", progress, seed=seed)
+    projector_init = None
+    if cfg.align_steps:
+        step("projector alignment")
+        projector_init = align(cfg, out, vision, seed=seed)
+    step("train-base (stage 1 and 2)")
+    base = train(cfg, paths, out, vision, projector_init)
+    runs = {"finetune": None, "ablation": None} if ablation else {"finetune": None}
+    for name in runs:
+        step(f"finetune{' (ablation: no format prompt, no chat replay)' if name == 'ablation' else ''}")
+        runs[name] = tune(cfg, base, paths, out, ablation=name == "ablation")
+    reports, eval_dirs = {}, {}
+    budget = answer_budget(base, paths["poi_train"])
+    for name, run in runs.items():
+        step(f"eval {name}")
+        eval_dirs[name] = out / "eval" / name
+        reports[name] = evaluate(run, paths, eval_dirs[name], max_new_tokens=budget)
+    step("report")
+    seconds = time.perf_counter() - started
+    write_report(out, cfg, reports, runs, eval_dirs, paths, seconds)
+    step(None)
+    result = {"preset": cfg.preset, "quick": quick, "seed": seed, "retrain_tower": retrain_tower,
+              "wall_seconds": seconds, "step_seconds": timings, "config": dataclasses.asdict(cfg),
+              "summary": summary_line(reports, seconds, eval_dirs)}
     for name, r in reports.items():
-        result[name] = {"headline": headline(r), "run": str(runs[name]), "eval": str(eval_dirs[name]),
+        result[name] = {"headline": headline(r, eval_dirs[name]), "run": str(runs[name]), "eval": str(eval_dirs[name]),
                         **{k: v for k, v in r.items() if k != "chat"},
                         "chat": {k: v for k, v in r.get("chat", {}).items() if k != "samples"}}
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def log_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 __all__ = ["DemoConfig", "QUICK", "FULL", "run_demo", "make_data", "train", "tune", "evaluate", "write_report",
