@@ -69,22 +69,10 @@ def make_model(work: Path, quick: bool) -> Path:
 
 
 def smol_vision(work: Path) -> str:
-    """The pre-trained smol tower if cached, else a random tower of the same shape (same throughput)."""
-    from transformers import CLIPVisionModel
+    """The smol tower that ships with vlx (`vlx.model.smol.shipped_tower`)."""
+    from vlx.model import smol
 
-    from vlx.model import clip_pretrain, smol
-
-    cfg = clip_pretrain.PretrainConfig()
-    cached = smol.cache_dir() / f"smol-clip-{cfg.digest()}"
-    if (cached / smol.CACHE_FILE).exists():
-        return str(cached)
-    print(f"note: {cached} not built yet; using a random vision tower of the same shape", file=sys.stderr)
-    target = work / "random-smol-clip"
-    torch.manual_seed(0)
-    shape = (clip_pretrain.vision_config(cfg) if hasattr(clip_pretrain, "vision_config")
-             else clip_pretrain.clip_config(cfg).vision_config)
-    CLIPVisionModel(shape).save_pretrained(target)
-    return str(target)
+    return str(smol.shipped_tower())
 
 
 def make_data(work: Path, samples: int, image_size: int) -> dict[str, Path]:

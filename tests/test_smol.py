@@ -332,7 +332,7 @@ def test_vision_dir_is_the_shipped_tower_checksum_verified(shipped, cache):
         last = f.read(1)
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
-    with pytest.raises(smol.SmolError, match="(?s)expected .*vlx pretrain-tower --out .* --steps 2500 --seed 0"):
+    with pytest.raises(smol.SmolError, match="(?s)expected .*vlx pretrain-tower --out .* --steps 1500 --seed 0"):
         smol.vision_dir()
     (shipped / "model.safetensors").unlink()
     with pytest.raises(smol.SmolError, match="is missing"):

@@ -91,7 +91,26 @@ def align_projector(model, processor, *, steps: int = 300, batch_size: int = 32,
         losses.append(round(loss.item(), 4))
         bar.update(step + 1, f"relative error {loss.item():.3f}")
     bar.done(f"relative error {losses[0]:.3f} -> {losses[-1]:.3f}")
-    return {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1], "loss": losses}
+    return {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1], "loss": losses,
+            "held_out_glyph_accuracy": glyph_accuracy(model, processor, tower_cfg, token_ids)}
+
+
+@torch.no_grad()
+def glyph_accuracy(model, processor, tower_cfg, token_ids: torch.Tensor, n: int = 32) -> float:
+    """Held-out text patches whose projected vector is nearest (cosine) to its own glyph's token
+    embedding among all glyph tokens: how much of the image the LLM receives as the right character."""
+    from vlx.model.tower import draw_batch
+
+    images, labels, _ = draw_batch(tower_cfg, ALIGN_STREAM + 1, 0, n, sheets=False)
+    pixels = processor.image_processor([Image.fromarray(a) for a in images], return_tensors="pt")["pixel_values"]
+    projector = model.model.multi_modal_projector
+    device = next(model.parameters()).device
+    projected = projector(_features(model, pixels.to(device, dtype=next(projector.parameters()).dtype))).float().cpu()
+    glyph = torch.from_numpy(labels[:, 0]).flatten(1)
+    candidates = torch.nn.functional.normalize(model.get_input_embeddings().weight[token_ids].float().cpu(), dim=-1)
+    vectors = torch.nn.functional.normalize(projected[glyph > 0], dim=-1)
+    nearest = (vectors @ candidates.T).argmax(-1)  # index into " " + GLYPHS
+    return round((nearest == glyph[glyph > 0]).float().mean().item(), 4)
 
 
 def save_projector(model, path: str | Path) -> Path:

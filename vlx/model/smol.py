@@ -259,17 +259,17 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 # --- the vision tower ------------------------------------------------------------------------
 
 TOWER_ASSET = Path(__file__).resolve().parents[1] / "assets" / "smol-tower"
-"""The shipped tower: `vlx pretrain-tower --out DIR --steps 2500 --seed 0` (docs/tower.md records the run)."""
+"""The shipped tower: `vlx pretrain-tower --out DIR --steps 1500 --seed 0` (docs/tower.md records the run)."""
 TOWER_SHA256 = "UNSET"
 """SHA-256 of `TOWER_ASSET/model.safetensors`, checked at every load."""
-TOWER_COMMAND = "vlx pretrain-tower --out DIR --steps 2500 --seed 0"
+TOWER_COMMAND = "vlx pretrain-tower --out DIR --steps 1500 --seed 0"
 
 
 def _tower_error(path: Path, what: str) -> SmolError:
     return SmolError(
         f"the shipped smol vision tower {path} {what}. Reinstall vlx, or rebuild the tower with\n"
         f"    {TOWER_COMMAND.replace('DIR', str(path))}\n"
-        f"(about an hour on 2 CPU cores; see docs/tower.md), or train one into the cache with "
+        f"(about 35 minutes on 2 CPU cores; see docs/tower.md), or train one into the cache with "
         f"`vlx demo --retrain-tower`.")
 
 

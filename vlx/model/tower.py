@@ -72,7 +72,7 @@ class TowerConfig:
     num_layers: int = 5
     """Vision depth (ViT-L: 24); LLaVA reads the second-to-last layer."""
     num_heads: int = 4
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_ratio: float = 0.03

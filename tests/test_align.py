@@ -1,0 +1,67 @@
+"""Projector alignment: text patches regressed onto their glyphs' token embeddings; --projector-init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from vlx.config import ConfigError, ModelConfig
+from vlx.model import tower
+from vlx.model.align import align_projector, glyph_token_ids, load_projector, save_projector
+from vlx.model.build import build_llava
+
+MICRO = dict(image_size=64, patch_size=4, hidden_size=32, num_layers=2, num_heads=2, steps=2, batch_size=4,
+             n_eval=4, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def micro_tower(tmp_path_factory):
+    """A 16 x 16-patch tower (the street world's grid), barely trained: alignment only needs its shape."""
+    path = tmp_path_factory.mktemp("tower") / "t"
+    tower.pretrain(tower.TowerConfig(**MICRO), path, work=path.parent / "w", progress=False)
+    return str(path)
+
+
+def test_alignment_moves_only_the_projector_towards_the_glyph_embeddings(micro_tower):
+    torch.manual_seed(0)
+    model, processor = build_llava(ModelConfig(preset="tiny", vision=micro_tower))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = align_projector(model, processor, steps=40, batch_size=4, learning_rate=3e-3, progress=False)
+    assert stats["last_loss"] < 0.5 * stats["first_loss"]
+    assert 0.0 <= stats["held_out_glyph_accuracy"] <= 1.0
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all("multi_modal_projector" in k for k in changed)
+
+
+def test_glyph_tokens_are_single_characters():
+    _, processor = build_llava(ModelConfig(preset="tiny"))
+    ids = glyph_token_ids(processor.tokenizer)
+    assert len(set(ids.tolist())) == len(ids)
+    assert processor.tokenizer.decode(ids[:2]) == " A"
+
+
+def test_projector_file_round_trips_and_starts_stage_one(micro_tower, tmp_path):
+    model, processor = build_llava(ModelConfig(preset="tiny", vision=micro_tower))
+    with torch.no_grad():
+        for p in model.model.multi_modal_projector.parameters():
+            p.add_(1.0)
+    path = save_projector(model, tmp_path / "projector.safetensors")
+    fresh, _ = build_llava(ModelConfig(preset="tiny", vision=micro_tower))
+    load_projector(fresh, path)
+    for a, b in zip(model.model.multi_modal_projector.parameters(), fresh.model.multi_modal_projector.parameters()):
+        assert torch.equal(a, b)
+    state = load_file(str(path))
+    first = sorted(state)[0]
+    state[first] = torch.zeros(3, 3)  # written for another tower or LLM width
+    save_file(state, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match=f"do not fit this model's projector .*{first}"):
+        load_projector(fresh, tmp_path / "other.safetensors")
+    with pytest.raises(ConfigError, match="no such file"):
+        ModelConfig(preset="tiny", projector_init=str(tmp_path / "missing.safetensors"))
+
+
+def test_alignment_refuses_a_tower_off_the_street_grid():
+    model, processor = build_llava(ModelConfig(preset="tiny"))
+    with pytest.raises(ValueError, match="16 x 16 patch grid"):
+        align_projector(model, processor, steps=1, progress=False)
