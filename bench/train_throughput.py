@@ -25,10 +25,8 @@ with `OMP_NUM_THREADS=1` there so that it counts one thread's work. Peak memory 
 The final loss is the mean of the last three logged steps (each over a different batch, so it is
 compared with its spread across those steps).
 
-The model is the `smol` preset (SmolLM2-135M + a 4-layer CLIP at 168 px). If the pre-trained smol
-vision tower is not in the cache yet (pre-training it takes a while on a CPU), a randomly initialised
-tower of exactly its shape is used: throughput depends on shapes only, and every contender trains
-the same weights. `--quick` uses the `tiny` preset.
+The model is the `smol` preset (SmolLM2-135M + the 5-layer CLIP at 224 px that ships with vlx,
+256 image tokens). `--quick` uses the `tiny` preset.
 """
 
 from __future__ import annotations
