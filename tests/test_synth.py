@@ -150,7 +150,8 @@ def test_street_captions_and_vqa_say_what_the_signs_read(tmp_path):
     for row in rows:
         for q, a in zip(row["conversations"][::2], row["conversations"][1::2]):
             q, a = q["value"].removeprefix("<image>\n"), a["value"]
-            kind = re.match(r"What is the (name|house number|phone number)|What kind|What street|How many", q).group(0)
+            kind = re.match(r"What is the (name|house number|phone number|website)|What kind|What street|How many|When is",
+                            q).group(0)
             asked[kind] += 1
             assert a and not a.endswith(".")
             if kind == "How many":

@@ -650,7 +650,7 @@ def street_caption(pois: list[dict]) -> str:
 
 
 def _street_vqa(rng: np.random.Generator, pois: list[dict]) -> list[dict]:
-    """One to three short-answer questions about what a street scene's signs say."""
+    """Two to five short-answer questions about what a street scene's signs say."""
     count = ("How many shops are in the image?", str(len(pois)))
     qa = [count]
     for k, p in enumerate(pois):
@@ -661,9 +661,16 @@ def _street_vqa(rng: np.random.Generator, pois: list[dict]) -> list[dict]:
             qa.append((f'What is the house number of "{p["name"]}"?', p["address"]["house_number"]))
         if p["phone"]:
             qa.append((f'What is the phone number of "{p["name"]}"?', p["phone"]))
+        if p.get("website"):
+            qa.append((f'What is the website of "{p["name"]}"?', p["website"]))
+        if p.get("open_24h"):
+            qa.append((f'When is "{p["name"]}" open?', "24 hours"))
+        elif p.get("opening_hours"):
+            qa.append((f'When is "{p["name"]}" open?', ", ".join(" ".join(_hours_lines(h)) for h in p["opening_hours"])))
     if pois and pois[0]["address"]["street"]:
         qa.append(("What street is this?", pois[0]["address"]["street"]))
-    picked = [qa[j] for j in rng.permutation(len(qa))[: int(rng.integers(1, 4))]]
+    # Several questions per image: the image's tokens are most of a row's cost, its answers the signal.
+    picked = [qa[j] for j in rng.permutation(len(qa))[: int(rng.integers(2, 6))]]
     conv = [{"from": r, "value": v} for q, a in picked for r, v in (("human", q), ("gpt", a))]
     conv[0]["value"] = "<image>\n" + conv[0]["value"]
     return conv
