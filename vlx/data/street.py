@@ -508,28 +508,30 @@ def sign_sheet(rng: np.random.Generator, size: int = 224, styles: tuple[TextStyl
 def read_grid(glyph: np.ndarray, field: np.ndarray) -> dict[str, list[str]]:
     """The text of a (GRID, GRID) grid of glyph and field ids, per field, in reading order.
 
-    Each text row is read left to right; a run of cells of one field is one text (a cell without a
-    glyph inside it is a space; two or more end the text). A name's second line (a name run in the
-    next row that overlaps it) continues it after a space. Works alike on ground-truth labels and on
-    a tower's predictions: `read_grid(*labels[:2])` gives the scene's texts as drawn.
+    Each row is read left to right: glyph cells with at most one blank cell between them are one
+    text (the blank is a space; two or more blank cells end it), and the text belongs to the field
+    most of its cells are labelled with (a text of cells labelled with no field, such as a letting
+    sign, is no field's). A name's second line (a name in the next row that overlaps it) continues
+    it after a space. Works alike on ground-truth labels and on a tower's predictions:
+    `read_grid(*labels[:2])` gives the scene's texts as drawn.
     """
     runs: list[tuple[int, int, int, int, str]] = []  # field id, row, first col, end col, text
-    for r in range(glyph.shape[0]):
+    rows, cols = glyph.shape
+    for r in range(rows):
         c = 0
-        while c < glyph.shape[1]:
-            f = int(field[r, c])
-            if f == 0:
+        while c < cols:
+            if int(glyph[r, c]) == 0:
                 c += 1
                 continue
-            start, chars, blank = c, [], 0
-            while c < glyph.shape[1] and int(field[r, c]) == f and blank < 2:
-                g = int(glyph[r, c])
-                blank = blank + 1 if g == 0 else 0
-                chars.append(GLYPHS[g - 1] if g else " ")
+            start = c
+            while c < cols and (int(glyph[r, c]) > 0 or (c + 1 < cols and int(glyph[r, c + 1]) > 0)):
                 c += 1
-            text = "".join(chars).strip()
-            if text:
-                runs.append((f, r, start, c, text))
+            labels = [int(x) for x in field[r, start:c] if int(x) > 0]
+            if not labels:
+                continue
+            f = max(set(labels), key=labels.count)
+            text = "".join(GLYPHS[int(g) - 1] if g else " " for g in glyph[r, start:c])
+            runs.append((f, r, start, c, text))
     out: dict[str, list[str]] = {name: [] for name in FIELDS}
     used = set()
     for i, (f, r, a, b, text) in enumerate(runs):
