@@ -27,7 +27,7 @@ def test_alignment_moves_only_the_projector_towards_the_glyph_embeddings(micro_t
     torch.manual_seed(0)
     model, processor = build_llava(ModelConfig(preset="tiny", vision=micro_tower))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    stats = align_projector(model, processor, steps=40, batch_size=4, learning_rate=3e-3, progress=False)
+    stats = align_projector(model, processor, steps=40, images=8, batch_patches=256, progress=False)
     assert stats["last_loss"] < 0.5 * stats["first_loss"]
     assert 0.0 <= stats["held_out_glyph_accuracy"] <= 1.0
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}

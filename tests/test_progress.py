@@ -37,3 +37,13 @@ def test_resumed_progress_counts_from_where_it_started(monkeypatch):
 
 def test_clock():
     assert _clock(59.6) == "1:00" and _clock(3725) == "1:02:05"
+
+
+def test_a_line_comes_even_while_one_step_runs_long():
+    out = io.StringIO()
+    bar = Progress("slow", 2, every=0.2, stream=out)
+    import time
+
+    time.sleep(0.7)  # no update for 0.7 s: the timer prints anyway
+    bar.done()
+    assert sum(": 0/2 (0%)" in line for line in out.getvalue().splitlines()) >= 2

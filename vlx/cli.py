@@ -37,6 +37,13 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO if not verbose else logging.DEBUG, format="%(message)s")
 
 
+def _quiet_transformers_bars() -> None:
+    """Weight loading and saving bars: redrawn lines that fill a log file and say nothing the phase lines don't."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 # ---- train-base -------------------------------------------------------------------------------
 
 @app.command("train-base")
@@ -471,6 +478,7 @@ def pretrain_tower_cmd(
 
     _setup_logging()
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    _quiet_transformers_bars()
     if out.exists() and any(out.iterdir()):
         _fail(f"--out {out} exists and is not empty; give a new directory (the tower is written there when whole)")
     try:
@@ -500,6 +508,7 @@ def demo_cmd(
     _setup_logging()
     for name in ("transformers", "vlx"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_transformers_bars()
     try:
         result = run_demo(out, quick=quick, ablation=ablation, seed=seed, retrain_tower=retrain_tower)
     except (*_user_errors(), SchemaError, SmolError) as e:

@@ -104,7 +104,7 @@ FULL = DemoConfig(
     stage1=dict(epochs=1.0, global_batch_size=8, per_device_batch_size=4),
     stage2=dict(epochs=1.0, global_batch_size=8, per_device_batch_size=4, learning_rate=1e-4),
     finetune=dict(epochs=1.0, global_batch_size=8, per_device_batch_size=4, learning_rate=1e-3),
-    lora=dict(r=16, alpha=32, dropout=0.05), chat_ratio=0.25, val_max=0, align_steps=200,
+    lora=dict(r=16, alpha=32, dropout=0.05), chat_ratio=0.25, val_max=0, align_steps=400,
 )
 
 

@@ -15,6 +15,7 @@ while it does it (a redrawn bar writes nothing to a file until it ends).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 
@@ -31,9 +32,20 @@ class Progress:
     def __init__(self, description: str, total: int, *, every: float = 30.0, start: int = 0, stream=None):
         self.description, self.total, self.every = description, max(1, int(total)), every
         self.stream = stream or sys.stderr
-        self.first, self.count = start, start
+        self.first, self.count, self.info = start, start, ""
         self.t0 = self.last = time.perf_counter()
         self._print(f"{description}: started ({self.total} {'steps' if start == 0 else f'steps, resuming at {start}'})")
+        # A step can outlast `every` (a long optimizer step, a slow batch of decoding): a timer keeps
+        # the lines coming between updates.
+        self._stop = threading.Event()
+        if 0 < every < float("inf"):
+            threading.Thread(target=self._tick, daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(max(0.05, min(self.every, 5.0))):
+            if time.perf_counter() - self.last >= self.every:
+                self.last = time.perf_counter()
+                self._print(self.line(self.info))
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
@@ -48,7 +60,7 @@ class Progress:
                 f"{f' {info}' if info else ''} | {_clock(elapsed)} elapsed, ETA {eta_text}")
 
     def update(self, count: int, info: str = "") -> None:
-        self.count = count
+        self.count, self.info = count, info or self.info
         now = time.perf_counter()
         if now - self.last >= self.every:
             self.last = now
@@ -59,6 +71,7 @@ class Progress:
 
     def done(self, info: str = "") -> float:
         """Print the closing line -> seconds the phase took."""
+        self._stop.set()
         elapsed = time.perf_counter() - self.t0
         self._print(f"{self.description}: done, {self.count}/{self.total} in {_clock(elapsed)}{f' ({info})' if info else ''}")
         return elapsed

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers import PrinterCallback, PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from vlx.data.feature_cache import CachedFeatureDataset, fill_feature_cache, vision_feature_input
@@ -48,6 +48,8 @@ class LlavaTrainer(Trainer):
         self._source_loss = torch.zeros(len(source_names or ()), dtype=torch.float64)
         self._source_tokens = torch.zeros(len(source_names or ()), dtype=torch.float64)
         super().__init__(*args, **kwargs)
+        if any(isinstance(c, ProgressLines) for c in self.callback_handler.callbacks):
+            self.remove_callback(PrinterCallback)  # its raw log dicts would repeat what ProgressLines says
 
     def train(self, *args, **kwargs):
         """With a `CachedFeatureDataset`, first fill the cache (each process a disjoint slice of the missing
