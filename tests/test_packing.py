@@ -154,3 +154,24 @@ def test_supervised_logits_only_give_the_same_loss_and_gradients(trainable, tiny
     for name, p in trainable.named_parameters():
         if name in grads_a:
             torch.testing.assert_close(p.grad, grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_padded_batches_with_supervised_logits_give_the_same_loss_and_gradients(trainable, tiny, items):
+    """The default path of train-base and finetune: padded rows, logits only at supervised positions."""
+    from vlx.data.packing import supervised_loss
+
+    pad = tiny[1].tokenizer.pad_token_id
+    full = Collator(pad)(items)
+    kept = Collator(pad, supervised_logits=True)(items)
+    assert 0 < kept["logits_to_keep"].numel() < full["input_ids"].shape[1]
+    loss_a, grads_a = _loss_and_grads(trainable, full)
+    labels = kept.pop("labels")
+    trainable.zero_grad()
+    outputs = trainable(**kept)
+    assert outputs.logits.shape[:2] == (len(items), kept["logits_to_keep"].numel())
+    loss = supervised_loss(outputs, labels)
+    loss.backward()
+    assert loss.item() == pytest.approx(loss_a, rel=1e-5)
+    for name, p in trainable.named_parameters():
+        if name in grads_a:
+            torch.testing.assert_close(p.grad, grads_a[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -155,10 +155,14 @@ class Collator:
     """Right-pads a batch; stacks pixel values of the rows that have an image (in row order).
 
     With `sources`, each row's data source is passed on as `source_ids` for per-source loss logging.
+    With `supervised_logits`, `logits_to_keep` names the positions whose next token is supervised
+    in some row, so the model projects only those onto the vocabulary (train with
+    `compute_loss_func=vlx.data.packing.supervised_loss`: the same loss, tested).
     """
 
     pad_token_id: int
     sources: tuple[str, ...] | None = None
+    supervised_logits: bool = False
 
     def __call__(self, batch: list[dict]) -> dict:
         width = max(len(b["input_ids"]) for b in batch)
@@ -181,4 +185,8 @@ class Collator:
             out["vision_features"] = torch.stack(features)  # (n_images, tokens, width)
         if self.sources is not None:
             out["source_ids"] = torch.tensor([self.sources.index(b["source"]) for b in batch])
+        if self.supervised_logits:
+            from vlx.data.packing import supervised_positions
+
+            out["logits_to_keep"] = supervised_positions(labels)
         return out

@@ -198,9 +198,10 @@ def train_base(model_cfg: ModelConfig, data_cfg: DataConfig, stage_cfgs: dict[st
             model=model,
             args=args,
             train_dataset=dataset,
+            # Logits only where the next token is supervised, packed or not (the same loss, tested).
             data_collator=(PackingCollator(processor.tokenizer.pad_token_id, one_row, supervised_logits=True)
-                           if data_cfg.packing else Collator(processor.tokenizer.pad_token_id)),
-            compute_loss_func=supervised_loss if data_cfg.packing else None,
+                           if data_cfg.packing else Collator(processor.tokenizer.pad_token_id, supervised_logits=True)),
+            compute_loss_func=supervised_loss,
             projector_lr=cfg.projector_lr,
             modality_lengths=dataset.lengths if data_cfg.group_by_modality_length else None,
             callbacks=[MetricsLogger(out / "metrics.jsonl", STAGES[s]), ProgressLines(f"train-base stage {s}")],

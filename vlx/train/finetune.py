@@ -38,6 +38,7 @@ from vlx.plot import plot_metrics
 from vlx.run import RunInfo
 from vlx.schema import check_supported, format_prompt, json_schema, load_schema, validate_rows
 from vlx.train.base import training_args
+from vlx.data.packing import supervised_loss
 from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, trainable_summary
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,9 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=Collator(processor.tokenizer.pad_token_id, sources=SOURCES),
+        # Logits only where the next token is supervised: the answers, a small share of each sample.
+        data_collator=Collator(processor.tokenizer.pad_token_id, sources=SOURCES, supervised_logits=True),
+        compute_loss_func=supervised_loss,
         projector_lr=train_cfg.projector_lr,
         modality_lengths=dataset.lengths,
         source_names=SOURCES,

@@ -63,20 +63,24 @@ class LlavaTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         source_ids = inputs.pop("source_ids", None)
+        labels, kept = inputs.get("labels"), inputs.get("logits_to_keep")  # the Trainer may pop the labels
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if source_ids is not None and model.training:
-            self._track_source_loss(outputs.logits, inputs["labels"], source_ids)
+            self._track_source_loss(outputs.logits, labels, source_ids, kept)
         return (loss, outputs) if return_outputs else loss
 
     @torch.no_grad()
-    def _track_source_loss(self, logits, labels, source_ids) -> None:
+    def _track_source_loss(self, logits, labels, source_ids, kept=None) -> None:
+        # `kept`: the logits are those of positions `kept` only (Collator(supervised_logits=True)).
+        targets = labels[:, 1:] if kept is None else labels[:, 1:][:, kept]
+        logits = logits[:, :-1] if kept is None else logits
         # Row by row: a (batch, length, vocab) float copy of the logits would double peak memory.
         for row in range(labels.shape[0]):
-            target = labels[row, 1:]
+            target = targets[row]
             mask = target != IGNORE_INDEX
             if not mask.any():
                 continue
-            token_loss = F.cross_entropy(logits[row, :-1][mask].float(), target[mask], reduction="sum")
+            token_loss = F.cross_entropy(logits[row][mask].float(), target[mask], reduction="sum")
             self._source_loss[source_ids[row]] += token_loss.item()
             self._source_tokens[source_ids[row]] += mask.sum().item()
 
