@@ -56,7 +56,8 @@ def _features(model, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def align_projector(model, processor, *, steps: int = 600, images: int = 512, batch_patches: int = 4096,
-                    learning_rate: float = 3e-3, seed: int = 0, progress: bool = True) -> dict:
+                    learning_rate: float = 3e-3, background_weight: float = 0.2, seed: int = 0,
+                    progress: bool = True) -> dict:
     """Regress projected text patches onto their glyphs' token embeddings; returns loss statistics.
 
     The frozen tower runs once over `images` street scenes (about 15 s for 512 on 2 cores); the
@@ -81,17 +82,21 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
 
     # Features of the text patches, once: (P, vision hidden) and the glyph index (0: a space) of each.
     bar = Progress("projector alignment: tower features", images, every=30.0 if progress else float("inf"))
-    feats, targets = [], []
+    feats, targets, texts = [], [], []
     for start in range(0, images, 32):
         n = min(32, images - start)
         pixels, labels = _batch(tower_cfg, processor, start // 32, n)
-        glyph = torch.from_numpy(labels[:, 0]).flatten(1)  # (B, GRID*GRID)
-        in_text = (glyph > 0) | (torch.from_numpy(labels[:, 1]).flatten(1) > 0)
-        feats.append(_features(model, pixels.to(device, dtype))[in_text.to(device)])
-        targets.append(glyph[in_text])
+        glyph = torch.from_numpy(labels[:, 0]).flatten(1)  # (B, GRID*GRID); 0: no glyph, a space target
+        feats.append(_features(model, pixels.to(device, dtype)).flatten(0, 1))
+        targets.append(glyph.flatten())
+        texts.append(((glyph > 0) | (torch.from_numpy(labels[:, 1]).flatten(1) > 0)).flatten())
         bar.advance(n)
     bar.done()
-    feats, targets = torch.cat(feats), torch.cat(targets).to(device)
+    feats, targets, texts = torch.cat(feats), torch.cat(targets).to(device), torch.cat(texts).to(device)
+    # Every patch has a target: its glyph's token, or the space token for a blank one. Patches
+    # outside any text weigh `background_weight`: pulled towards a space, so that the image reads to
+    # the LLM as text set in blank space, while what they carry of the scene stays in the residual.
+    weight = torch.where(texts, 1.0, background_weight).to(device)
 
     params = list(projector.parameters())
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
@@ -102,9 +107,10 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     for step in range(steps):
         pick = torch.randint(len(feats), (min(batch_patches, len(feats)),), generator=gen).to(device)
         projected = projector(feats[pick])  # (batch_patches, LLM hidden)
-        target = targets[pick]
-        mse = (projected - embeddings[target]).pow(2).sum(-1).mean() / scale
-        ce = torch.nn.functional.cross_entropy((projected @ embeddings.T).float(), target)
+        target, w = targets[pick], weight[pick]
+        mse = ((projected - embeddings[target]).pow(2).sum(-1) * w).sum() / w.sum() / scale
+        ce = (torch.nn.functional.cross_entropy((projected @ embeddings.T).float(), target, reduction="none")
+              * w).sum() / w.sum()
         loss = mse + ce
         loss.backward()
         opt.step()
@@ -113,7 +119,7 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
         losses.append(round(mse.item(), 4))
         bar.update(step + 1, f"relative error {mse.item():.3f} glyph loss {ce.item():.3f}")
     bar.done(f"relative error {losses[0]:.3f} -> {losses[-1]:.3f}")
-    return {"steps": steps, "images": images, "text_patches": len(feats), "first_loss": losses[0],
+    return {"steps": steps, "images": images, "text_patches": int(texts.sum()), "first_loss": losses[0],
             "last_loss": losses[-1], "loss": losses,
             "held_out_glyph_accuracy": glyph_accuracy(model, processor, tower_cfg, token_ids)}
 
