@@ -47,3 +47,13 @@ def test_a_line_comes_even_while_one_step_runs_long():
     time.sleep(0.7)  # no update for 0.7 s: the timer prints anyway
     bar.done()
     assert sum(": 0/2 (0%)" in line for line in out.getvalue().splitlines()) >= 2
+
+
+def test_no_timer_lines_once_the_count_is_reached():
+    import time
+
+    out = io.StringIO()
+    bar = Progress("short", 3, every=0.1, stream=out)
+    bar.update(3)
+    time.sleep(0.4)
+    assert len(out.getvalue().splitlines()) <= 2  # the start line, at most one progress line

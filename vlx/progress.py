@@ -61,6 +61,8 @@ class Progress:
 
     def update(self, count: int, info: str = "") -> None:
         self.count, self.info = count, info or self.info
+        if self.count >= self.total:
+            self._stop.set()  # finished, whether or not done() is called: no more timer lines
         now = time.perf_counter()
         if now - self.last >= self.every:
             self.last = now
