@@ -57,6 +57,12 @@ def test_quick_demo_with_ablation(tmp_path, monkeypatch):
         assert chat["base"] == str(out / "base")
         assert chat["perplexity_drift"] == chat["perplexity"] / chat["base_perplexity"] - 1
         assert m["headline"]["category_baseline"] == m["fields"]["pois[].category"]["baseline"]["accuracy"]
+        for path, f in m["headline"]["fields"].items():  # every field with its 95% interval and baseline
+            lo, hi = f["ci95"]
+            assert lo <= f["accuracy"] <= hi and f["n"] == m["fields"][path]["n"]
+            assert f["above_baseline"] == (f["accuracy"] > f["baseline"])
+        assert m["headline"]["fields_above_baseline"] == sum(f["above_baseline"] for f in m["headline"]["fields"].values())
+        assert set(m["headline"]["empty_facades"]) == {"n", "answered_none", "ci95"}
     assert metrics["preset"] == "tiny" and metrics["wall_seconds"] > 0
 
     report = (out / "report.html").read_text()
@@ -71,3 +77,12 @@ def test_quick_demo_with_ablation(tmp_path, monkeypatch):
     assert summary == metrics["summary"]
     assert re.search(r"finetune: schema-valid [\d.]+%, category [\d.]+ \(baseline [\d.]+\)", summary)
     assert "ablation:" in summary
+
+
+def test_wilson_interval():
+    from vlx.demo import wilson
+
+    assert wilson(0, 10)[0] == 0.0 and 0.25 < wilson(0, 10)[1] < 0.35  # not [0, 0] at zero successes
+    lo, hi = wilson(50, 100)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(0.19, abs=0.01)
+    assert wilson(0, 0) == (0.0, 1.0)
