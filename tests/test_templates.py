@@ -124,3 +124,18 @@ def test_fit_length(tiny):
         fit_length(enc, enc.image_span[1] - 1, row="r", truncate=True)
     with pytest.raises(SampleError, match="no answer token"):
         fit_length(enc, enc.image_span[1] + 2, row="r", truncate=True)
+
+
+def test_spelled_values_are_one_character_per_token_and_decode_to_the_same_text():
+    from vlx.data.templates import encode_continuation, encode_spelled
+    from vlx.model.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    text = '{"name":"Golden Fox","category":"bakery","note":"a \\"b\\""}'
+    ids = encode_spelled(tok, text, ("name", "note"))
+    assert tok.decode(ids) == text
+    spelled = [tok.decode([i]) for i in ids]
+    start = spelled.index("G")
+    assert spelled[start:start + 10] == list("Golden Fox")
+    assert encode_spelled(tok, text, ()) == encode_continuation(tok, text)
+    assert len(ids) > len(encode_continuation(tok, text))

@@ -168,6 +168,10 @@ class FinetuneDataConfig:
     """Override the schema-derived format prompt; the empty string trains without one (the ablation)."""
     task: str | None = None
     """Task instruction opening the derived format prompt; default: the schema's docstring."""
+    spell_fields: tuple[str, ...] = ()
+    """JSON keys whose string values are tokenized one character per token in the training targets
+    (`vlx.data.templates.encode_spelled`), e.g. `("name",)`: a tower that reads glyph by glyph hands
+    the LLM characters, and an answer in the same characters is a copy. Decoding is unchanged."""
     prompt_style: str = "cue"
     """Derived format prompt: `cue` (one line, the task and "Answer in JSON.", as LLaVA-1.5 writes
     its format prompts) or `schema` (the task and every field spelled out, about 250 tokens for

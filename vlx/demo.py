@@ -80,6 +80,8 @@ class DemoConfig:
     patch grid is the street world's, as smol's is."""
     prompt_style: str = "cue"
     """The fine-tune's derived format prompt (`FinetuneDataConfig.prompt_style`)."""
+    spell_fields: tuple[str, ...] = ()
+    """Target string values spelled a character per token (`FinetuneDataConfig.spell_fields`)."""
 
 
 QUICK = DemoConfig(
@@ -180,7 +182,8 @@ def tune(cfg: DemoConfig, base: Path, paths: dict[str, Path], out: Path, *, abla
     data_cfg = FinetuneDataConfig(data=str(paths["poi_train"]), val_data=str(paths["poi_val"]),
                                   val_max=cfg.val_max, chat_data=str(paths["chat"]),
                                   chat_ratio=0.0 if ablation else cfg.chat_ratio,
-                                  format_prompt="" if ablation else None, prompt_style=cfg.prompt_style)
+                                  format_prompt="" if ablation else None, prompt_style=cfg.prompt_style,
+                                  spell_fields=cfg.spell_fields)
     train_cfg = merge(TrainConfig, get_preset(cfg.preset).finetune, cfg.finetune)
     return finetune(base, POI_SCHEMA, data_cfg, train_cfg, LoraConfig(**cfg.lora),
                     out / ("ablation" if ablation else "finetune"))

@@ -89,8 +89,11 @@ def row_turns(row: Row, template: str) -> list[Turn]:
 
 def prepare(rows: list[Row], tokenizer, *, template: str, image_token_id: int, num_image_tokens: int,
             max_length: int, truncate: bool = False, check_images: bool = True,
-            eos_token: str | None = None) -> tuple[list[Example], list[Problem]]:
-    """Validate and tokenize every row; return (examples, problems). Nothing is skipped silently."""
+            eos_token: str | None = None, spell: tuple[str, ...] = ()) -> tuple[list[Example], list[Problem]]:
+    """Validate and tokenize every row; return (examples, problems). Nothing is skipped silently.
+
+    `spell`: JSON keys whose string values in answers are tokenized a character per token
+    (`vlx.data.templates.encode_spelled`)."""
     examples, problems = [], []
     eos = eos_token or tokenizer.eos_token
     for row in rows:
@@ -101,7 +104,8 @@ def prepare(rows: list[Row], tokenizer, *, template: str, image_token_id: int, n
                 if msg:
                     raise SampleError(msg)
             enc = encode(tokenizer, render(template, turns, eos_token=eos),
-                         image_token_id=image_token_id, num_image_tokens=num_image_tokens)
+                         image_token_id=image_token_id, num_image_tokens=num_image_tokens,
+                         spell=spell if row.source != "chat" else ())
             enc = fit_length(enc, max_length, row=row.origin, truncate=truncate)
         except SampleError as e:
             problems.append(Problem(row.origin, str(e).removeprefix(f"{row.origin}: ")))

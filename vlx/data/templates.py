@@ -24,6 +24,8 @@ construction, and a sample that does not fit raises `SampleError` before trainin
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 from vlx.model.llava import IMAGE_TOKEN
@@ -165,15 +167,40 @@ class Encoded:
         return 0 if self.image_span is None else self.image_span[1] - self.image_span[0]
 
 
-def encode(tokenizer, segments: list[Segment], *, image_token_id: int, num_image_tokens: int) -> Encoded:
+def encode_spelled(tokenizer, text: str, keys: tuple[str, ...]) -> list[int]:
+    """An answer tokenized as a continuation, except that the JSON string values of `keys` are
+    spelled one character per token (`"name":"Golden Fox"` -> `G`, `o`, `l`, ...).
+
+    A vision tower that reads glyph by glyph hands the LLM a sign's text as character tokens; an
+    answer written in the same characters is a copy, while the word-level BPE tokens of the
+    ordinary tokenization must be assembled from them. The constrained decoder accepts either
+    tokenization of a string, and the text is the same (`tokenizer.decode(ids) == text`).
+    """
+    if not keys:
+        return encode_continuation(tokenizer, text)
+    pattern = re.compile(r'"(%s)":"((?:[^"\\]|\\.)*)"' % "|".join(re.escape(k) for k in keys))
+    ids, pos = [], 0
+    for m in pattern.finditer(text):
+        ids += encode_continuation(tokenizer, text[pos:m.start(2)])
+        for char in text[m.start(2):m.end(2)]:
+            ids += encode_continuation(tokenizer, char)
+        pos = m.end(2)
+    return ids + (encode_continuation(tokenizer, text[pos:]) if pos < len(text) else [])
+
+
+def encode(tokenizer, segments: list[Segment], *, image_token_id: int, num_image_tokens: int,
+           spell: tuple[str, ...] = ()) -> Encoded:
     """Tokenize segments: prompts as whole strings, answers as continuations; expand `<image>`.
 
-    Labels are the input ids on supervised segments and `IGNORE_INDEX` elsewhere.
+    Labels are the input ids on supervised segments and `IGNORE_INDEX` elsewhere. `spell`: JSON keys
+    whose string values in answers are tokenized one character per token (`encode_spelled`).
     """
     input_ids: list[int] = list(_special_prefix(tokenizer))
     labels: list[int] = [IGNORE_INDEX] * len(input_ids)
     for i, seg in enumerate(segments):
-        if seg.supervised or i > 0:
+        if seg.supervised and spell:
+            ids = encode_spelled(tokenizer, seg.text, spell)
+        elif seg.supervised or i > 0:
             ids = encode_continuation(tokenizer, seg.text)
         else:
             ids = tokenizer(seg.text, add_special_tokens=False)["input_ids"]

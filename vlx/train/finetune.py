@@ -221,7 +221,8 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     max_length = _max_length(base)
     examples, problems = prepare(rows, processor.tokenizer, template=template,
                                  image_token_id=model.config.image_token_id,
-                                 num_image_tokens=model.config.image_seq_length, max_length=max_length)
+                                 num_image_tokens=model.config.image_seq_length, max_length=max_length,
+                                 spell=tuple(data_cfg.spell_fields))
     if problems:
         raise DataError(report_problems(problems, what="fine-tuning data") +
                         f"\n(max_length={max_length} from the base run; the format prompt is "
