@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -190,20 +191,13 @@ def _wrap(text: str, width: int, max_lines: int) -> list[str] | None:
 # --- drawing on the grid -------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)
 def _glyph_mask(font_path: str | None, size: int, char: str, stroke: int) -> tuple[Image.Image, int]:
     """The ink of one glyph as an 'L' mask and the offset of its top below the text origin."""
-    return _GLYPH_CACHE.get((font_path, size, char, stroke)) or _make_glyph(font_path, size, char, stroke)
-
-
-_GLYPH_CACHE: dict = {}
-
-
-def _make_glyph(font_path, size, char, stroke):
     font = _font(font_path, size)
     left, top, right, bottom = font.getbbox(char, stroke_width=stroke)
     mask = Image.new("L", (max(1, right - left), max(1, bottom - top)))
     ImageDraw.Draw(mask).text((-left, -top), char, font=font, fill=255, stroke_width=stroke, stroke_fill=255)
-    _GLYPH_CACHE[(font_path, size, char, stroke)] = (mask, top)
     return mask, top
 
 

@@ -124,11 +124,11 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
             "held_out_glyph_accuracy": glyph_accuracy(model, processor, tower_cfg, token_ids)}
 
 
-def _batch(tower_cfg, processor, step: int, n: int, stream: int = ALIGN_STREAM):
+def _batch(tower_cfg, processor, step: int, n: int, stream: int = ALIGN_STREAM, sheets: bool = True):
     """Alignment images as the LLaVA processor prepares them, with their labels."""
     from vlx.model.tower import draw_batch
 
-    images, labels, _ = draw_batch(tower_cfg, stream, step, n)
+    images, labels, _ = draw_batch(tower_cfg, stream, step, n, sheets=sheets)
     pixels = processor.image_processor([Image.fromarray(a) for a in images], return_tensors="pt")["pixel_values"]
     return pixels, labels
 
@@ -137,10 +137,7 @@ def _batch(tower_cfg, processor, step: int, n: int, stream: int = ALIGN_STREAM):
 def glyph_accuracy(model, processor, tower_cfg, token_ids: torch.Tensor, n: int = 32) -> float:
     """Held-out text patches whose projected vector is nearest (cosine) to its own glyph's token
     embedding among all glyph tokens: how much of the image the LLM receives as the right character."""
-    from vlx.model.tower import draw_batch
-
-    images, labels, _ = draw_batch(tower_cfg, ALIGN_STREAM + 1, 0, n, sheets=False)
-    pixels = processor.image_processor([Image.fromarray(a) for a in images], return_tensors="pt")["pixel_values"]
+    pixels, labels = _batch(tower_cfg, processor, 0, n, stream=ALIGN_STREAM + 1, sheets=False)
     projector = model.model.multi_modal_projector
     device = next(model.parameters()).device
     projected = projector(_features(model, pixels.to(device, dtype=next(projector.parameters()).dtype))).float().cpu()
