@@ -65,3 +65,16 @@ def test_alignment_refuses_a_tower_off_the_street_grid():
     model, processor = build_llava(ModelConfig(preset="tiny"))
     with pytest.raises(ValueError, match="16 x 16 patch grid"):
         align_projector(model, processor, steps=1, progress=False)
+
+
+def test_shop_words_are_the_llm_embeddings_of_the_category_words():
+    from vlx.data.street import CATEGORY_LIST
+    from vlx.model.align import category_embeddings
+
+    model, processor = build_llava(ModelConfig(preset="tiny"))
+    table = model.get_input_embeddings().weight.detach()
+    words = category_embeddings(processor.tokenizer, table)
+    assert words.shape == (len(CATEGORY_LIST), table.shape[1])
+    ids = processor.tokenizer.encode(" hair salon", add_special_tokens=False)
+    assert torch.allclose(words[CATEGORY_LIST.index("hair_salon")], table[ids].mean(0))
+    assert len({tuple(w.tolist()) for w in words}) == len(CATEGORY_LIST)  # no two shops read alike

@@ -8,8 +8,13 @@ Stage 1 must then teach the projector to hand those readings to the LLM in a for
 a few hundred captions. This step gives it a head start without a single LLM forward pass: each
 patch that holds a glyph is regressed onto the LLM's input embedding of that glyph's one-character
 token (`G`, `o`, `l`, ...; a space inside a text onto the space token), so a text row of the image
-reaches the LLM much as the same text spelled out character by character would. Patches without
-text are left free: they carry the scene (colours, goods, the storefront) for stage 1 to shape.
+reaches the LLM much as the same text spelled out character by character would. A patch without
+text is pulled, more weakly, towards the embedding of the word for the kind of shop it lies on
+(` bakery`, ` bank`, the mean of the word's tokens where it takes several) or, off any shop, towards
+the space token: the LLM receives each storefront as its signs set in a field of its category's
+word, which says what the shop is, where one shop ends and the next begins, and that a facade
+without a shop holds no business. Those words come from the tower's category reading, so they are
+as right as the tower is (its held-out per-patch category accuracy is in its `metrics.json`).
 
 Images and labels come from `vlx.model.tower.draw_batch` on a stream of its own (no tower
 pre-training batch and no demo image is drawn twice); they need a tower whose patch grid is the
@@ -26,7 +31,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from vlx.data.street import GLYPHS, GRID
+from vlx.data.street import CATEGORY_LIST, GLYPHS, GRID
 from vlx.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,16 @@ def glyph_token_ids(tokenizer) -> torch.Tensor:
     return torch.tensor(ids)
 
 
+def category_embeddings(tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
+    """-> (len(CATEGORY_LIST), hidden): each shop category's word (`hair_salon` -> " hair salon") as the
+    LLM embeds it, the mean over its tokens (one token for most words in SmolLM2's vocabulary)."""
+    rows = []
+    for category in CATEGORY_LIST:
+        ids = tokenizer.encode(" " + category.replace("_", " "), add_special_tokens=False)
+        rows.append(embeddings[ids].mean(0))
+    return torch.stack(rows)
+
+
 def _features(model, pixels: torch.Tensor) -> torch.Tensor:
     """Frozen tower features at LLaVA's feature layer, CLS dropped: (B, GRID*GRID, vision hidden)."""
     layer = model.config.vision_feature_layer
@@ -63,8 +78,8 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     The frozen tower runs once over `images` street scenes (about 15 s for 512 on 2 cores); the
     projector then takes `steps` steps on `batch_patches` random text patches of those features each.
     The loss is the squared error relative to a typical embedding's squared norm, plus the
-    cross-entropy of picking the right glyph among all glyph tokens by dot product (the squared
-    error alone leaves nearby glyphs confusable).
+    cross-entropy of picking the right target among all glyph tokens and category words by dot
+    product (the squared error alone leaves nearby glyphs confusable).
     """
     from vlx.model.tower import TowerConfig
 
@@ -77,25 +92,29 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     projector = model.model.multi_modal_projector
     dtype = next(projector.parameters()).dtype
     device = next(model.parameters()).device
-    embeddings = model.get_input_embeddings().weight.detach()[token_ids].to(device, dtype)  # (69, LLM hidden)
-    scale = embeddings.pow(2).sum(-1).mean()  # squared norm of a typical target
+    table = model.get_input_embeddings().weight.detach()
+    # Targets: 0 the space token, 1..len(GLYPHS) the glyphs' tokens, then one word per shop category.
+    embeddings = torch.cat([table[token_ids], category_embeddings(processor.tokenizer, table)]).to(device, dtype)
+    scale = embeddings[: len(token_ids)].pow(2).sum(-1).mean()  # squared norm of a typical token
 
-    # Features of the text patches, once: (P, vision hidden) and the glyph index (0: a space) of each.
+    # Features of every patch, once: (P, vision hidden) and its target's index into `embeddings`.
     bar = Progress("projector alignment: tower features", images, every=30.0 if progress else float("inf"))
     feats, targets, texts = [], [], []
     for start in range(0, images, 32):
         n = min(32, images - start)
         pixels, labels = _batch(tower_cfg, processor, start // 32, n)
-        glyph = torch.from_numpy(labels[:, 0]).flatten(1)  # (B, GRID*GRID); 0: no glyph, a space target
+        glyph, field, shop = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(3))  # (B, GRID*GRID)
+        text = (glyph > 0) | (field > 0)  # a glyph, or a space between the words of a text
+        background = torch.where(shop > 0, len(token_ids) - 1 + shop, 0)  # its shop's word, else a space
         feats.append(_features(model, pixels.to(device, dtype)).flatten(0, 1))
-        targets.append(glyph.flatten())
-        texts.append(((glyph > 0) | (torch.from_numpy(labels[:, 1]).flatten(1) > 0)).flatten())
+        targets.append(torch.where(text, glyph, background).flatten())
+        texts.append(text.flatten())
         bar.advance(n)
     bar.done()
     feats, targets, texts = torch.cat(feats), torch.cat(targets).to(device), torch.cat(texts).to(device)
-    # Every patch has a target: its glyph's token, or the space token for a blank one. Patches
-    # outside any text weigh `background_weight`: pulled towards a space, so that the image reads to
-    # the LLM as text set in blank space, while what they carry of the scene stays in the residual.
+    # Every patch has a target: its glyph's token (a space between words), its shop's word, or a
+    # space. Patches outside any text weigh `background_weight`: what they carry of the scene beyond
+    # the shop's kind stays in the residual.
     weight = torch.where(texts, 1.0, background_weight).to(device)
 
     params = list(projector.parameters())
@@ -119,9 +138,9 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
         losses.append(round(mse.item(), 4))
         bar.update(step + 1, f"relative error {mse.item():.3f} glyph loss {ce.item():.3f}")
     bar.done(f"relative error {losses[0]:.3f} -> {losses[-1]:.3f}")
+    held_out = held_out_accuracy(model, processor, tower_cfg, embeddings, len(token_ids))
     return {"steps": steps, "images": images, "text_patches": int(texts.sum()), "first_loss": losses[0],
-            "last_loss": losses[-1], "loss": losses,
-            "held_out_glyph_accuracy": glyph_accuracy(model, processor, tower_cfg, token_ids)}
+            "last_loss": losses[-1], "loss": losses, **held_out}
 
 
 def _batch(tower_cfg, processor, step: int, n: int, stream: int = ALIGN_STREAM, sheets: bool = True):
@@ -134,18 +153,20 @@ def _batch(tower_cfg, processor, step: int, n: int, stream: int = ALIGN_STREAM, 
 
 
 @torch.no_grad()
-def glyph_accuracy(model, processor, tower_cfg, token_ids: torch.Tensor, n: int = 32) -> float:
-    """Held-out text patches whose projected vector is nearest (cosine) to its own glyph's token
-    embedding among all glyph tokens: how much of the image the LLM receives as the right character."""
+def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, n_tokens: int, n: int = 32) -> dict:
+    """What the LLM receives, on held-out scenes: the share of glyph patches whose projected vector is
+    nearest (cosine, among every target of `align_projector`) to its own glyph's token, and of shop
+    patches without text nearest to their shop category's word."""
     pixels, labels = _batch(tower_cfg, processor, 0, n, stream=ALIGN_STREAM + 1, sheets=False)
     projector = model.model.multi_modal_projector
     device = next(model.parameters()).device
     projected = projector(_features(model, pixels.to(device, dtype=next(projector.parameters()).dtype))).float().cpu()
-    glyph = torch.from_numpy(labels[:, 0]).flatten(1)
-    candidates = torch.nn.functional.normalize(model.get_input_embeddings().weight[token_ids].float().cpu(), dim=-1)
-    vectors = torch.nn.functional.normalize(projected[glyph > 0], dim=-1)
-    nearest = (vectors @ candidates.T).argmax(-1)  # index into " " + GLYPHS
-    return round((nearest == glyph[glyph > 0]).float().mean().item(), 4)
+    glyph, field, shop = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(3))
+    nearest = (torch.nn.functional.normalize(projected, dim=-1)
+               @ torch.nn.functional.normalize(embeddings.float().cpu(), dim=-1).T).argmax(-1)
+    background = (glyph == 0) & (field == 0) & (shop > 0)
+    return {"held_out_glyph_accuracy": round((nearest == glyph)[glyph > 0].float().mean().item(), 4),
+            "held_out_category_accuracy": round((nearest == n_tokens - 1 + shop)[background].float().mean().item(), 4)}
 
 
 def save_projector(model, path: str | Path) -> Path:
