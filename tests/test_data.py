@@ -151,7 +151,7 @@ def test_validate_command_lists_every_bad_row(colour_data, tmp_path):
     (colour_data / "bad_instruct.json").write_text(json.dumps(rows))
     result = CliRunner().invoke(app, ["data", "validate", str(colour_data / "bad_instruct.json")])
     assert result.exit_code == 1
-    assert "bad_instruct.json:row 2: image file" in result.output and "gone.png" in result.output
+    assert "bad_instruct.json:row 2: image " in result.output and "gone.png does not exist" in result.output
     assert "bad_instruct.json:row 3: empty conversation" in result.output
     ok = CliRunner().invoke(app, ["data", "validate", str(colour_data / "instruct.json")])
     assert ok.exit_code == 0 and f"ok: {len(rows)} rows valid" in ok.output

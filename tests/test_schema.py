@@ -227,7 +227,9 @@ def test_format_prompt_describes_task_fields_and_enums():
 # ---- row validation ----------------------------------------------------------------------------
 
 def test_validate_rows_lists_every_problem(tmp_path):
-    (tmp_path / "ok.png").write_bytes(b"not checked for content here")
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")  # validation decodes every image
     good = {"pois": [{"name": "Nord", "category": "cafe", "address": {"house_number": "12", "street": None}}]}
     bad_enum = {"pois": [{"name": "Nord", "category": "pub", "address": {}}]}
     missing = {"pois": [{"category": "cafe", "address": {}}]}

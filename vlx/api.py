@@ -16,17 +16,17 @@ instance or an `ExtractionError` (with the text produced), never a truncated or 
 from __future__ import annotations
 
 import difflib
-import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel
 
 from vlx.data.templates import JINJA, Turn, answer_prefix, prompt_text
 from vlx.decode import ConstrainedDecoder, DecodeConfig, ExtractionError, generate
+from vlx.inputs import InputError, open_image
 from vlx.model.build import ModelLoadError, load_llava
 from vlx.model.llava import IMAGE_TOKEN
 from vlx.run import RunInfo
@@ -40,34 +40,17 @@ class ImageError(ExtractionError, ValueError):
 
 
 def load_image(image: ImageInput) -> Image.Image:
-    """A path, raw bytes or a PIL image -> an RGB PIL image; `ImageError` says what is wrong."""
-    source = str(image) if isinstance(image, (str, Path)) else None
+    """A path, raw bytes or a PIL image -> an RGB PIL image; `ImageError` says what is wrong.
+
+    Read through `vlx.inputs.open_image`: a file PIL cannot decode, an empty or truncated one, or
+    one over the pixel limit (`--max-image-pixels`) costs only its own result."""
+    if not isinstance(image, (str, Path, bytes, bytearray, Image.Image)):
+        raise ImageError(f"expected a path, bytes or a PIL image, got {type(image).__name__}")
+    source = str(image) if isinstance(image, (str, Path)) else "<bytes>" if not isinstance(image, Image.Image) else None
     try:
-        if isinstance(image, Image.Image):
-            img = image
-        elif isinstance(image, (bytes, bytearray)):
-            if not image:
-                raise ImageError("the image bytes are empty", source="<bytes>")
-            img = Image.open(io.BytesIO(image))
-        elif isinstance(image, (str, Path)):
-            path = Path(image)
-            if not path.exists():
-                raise ImageError("file not found", source=source)
-            if path.is_dir():
-                raise ImageError("is a directory, not an image file", source=source)
-            if path.stat().st_size == 0:
-                raise ImageError("the file is empty (0 bytes)", source=source)
-            img = Image.open(path)
-        else:
-            raise ImageError(f"expected a path, bytes or a PIL image, got {type(image).__name__}")
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        if isinstance(e, ImageError):
-            raise
-        raise ImageError(f"not a readable image ({type(e).__name__}: {e})", source=source or "<bytes>") from e
-    if img.width == 0 or img.height == 0:
-        raise ImageError(f"the image is empty ({img.width}x{img.height} pixels)", source=source)
-    return img.convert("RGB")
+        return open_image(image, origin=source or "")
+    except InputError as e:
+        raise ImageError(str(e).removeprefix(f"{source}: ") if source else str(e), source=source) from None
 
 
 class Extractor:

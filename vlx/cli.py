@@ -28,9 +28,10 @@ def _user_errors():
     """Errors that are the user's to fix: shown as one clear message, no traceback."""
     from vlx.config import ConfigError
     from vlx.data.formats import DataError
+    from vlx.inputs import InputError
     from vlx.model.build import ModelLoadError
 
-    return (ConfigError, DataError, ModelLoadError, FileExistsError, FileNotFoundError)
+    return (ConfigError, DataError, InputError, ModelLoadError, FileExistsError, FileNotFoundError)
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -197,16 +198,11 @@ def finetune_cmd(
 
 def _base_preset(base: Path) -> str:
     """The preset a base run was trained from (its finetune defaults apply); LLaVA-1.5's otherwise."""
-    import yaml
+    from vlx.model.presets import PRESETS
+    from vlx.run import model_section
 
-    cfg = base / "config.yaml"
-    if cfg.exists():
-        preset = ((yaml.safe_load(cfg.read_text()) or {}).get("model") or {}).get("preset")
-        from vlx.model.presets import PRESETS
-
-        if preset in PRESETS:
-            return preset
-    return "llava-1.5-7b"
+    preset = model_section(base).get("preset")
+    return preset if preset in PRESETS else "llava-1.5-7b"
 
 
 @app.command("export")

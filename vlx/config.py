@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
+from vlx.inputs import InputError, read_yaml
 
 
 class ConfigError(ValueError):
@@ -201,9 +201,9 @@ def load_yaml(path: str | Path, sections: dict[str, type]) -> dict[str, dict[str
     """Read a YAML config whose top-level keys are `sections`; unknown keys are errors."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from e
+        data = read_yaml(path) or {}
+    except InputError as e:
+        raise ConfigError(f"cannot read config {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections ({', '.join(sections)})")
     for key, value in data.items():

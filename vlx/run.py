@@ -45,10 +45,41 @@ class RunInfo:
 
     @classmethod
     def load(cls, directory: str | Path) -> "RunInfo | None":
+        from vlx.inputs import InputError, read_json
+
         path = Path(directory, RUN_FILE)
         if not path.exists():
             return None
-        return cls(**json.loads(path.read_text()))
+        data = read_json(path)
+        try:
+            return cls(**data)
+        except TypeError:
+            raise InputError(f"{path}: not a vlx run record (keys {', '.join(map(str, data)) if isinstance(data, dict) else type(data).__name__}); "
+                             "give a directory written by `vlx train-base`, `vlx finetune` or `vlx export`") from None
+
+
+MAX_LENGTH = 2048
+"""LLaVA-1.5's `model_max_length`: what a run without a recorded `max_length` trained with."""
+
+
+def model_section(directory: str | Path) -> dict:
+    """The `model:` section of the run's `config.yaml` ({} when the run has none)."""
+    from vlx.inputs import InputError, read_yaml
+
+    path = Path(directory, "config.yaml")
+    if not path.exists():
+        return {}
+    data = read_yaml(path) or {}
+    section = data.get("model") if isinstance(data, dict) else None
+    if section is not None and not isinstance(section, dict):
+        raise InputError(f"{path}: 'model' must be a mapping, got {type(section).__name__}")
+    return section or {}
+
+
+def max_length(directory: str | Path | None) -> int:
+    """The run's `max_length` (image tokens included), as it trained with."""
+    value = model_section(directory).get("max_length") if directory is not None else None
+    return int(value) if isinstance(value, int) and value > 0 else MAX_LENGTH
 
 
 @contextlib.contextmanager

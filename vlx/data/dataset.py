@@ -8,15 +8,15 @@ bad row listed (or, with `--skip-invalid`, trains on the rest and writes the rej
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from vlx import inputs
 from vlx.data.formats import DataError, Problem, Row
 from vlx.data.templates import IGNORE_INDEX, SampleError, Turn, encode, fit_length, render, to_turns
 from vlx.model.llava import IMAGE_TOKEN
@@ -36,40 +36,18 @@ class Example:
 
 
 def open_image(image: Any, *, origin: str = "") -> Image.Image:
-    """A path, bytes or PIL image -> RGB PIL image; a clear error for anything unreadable."""
-    where = f"{origin}: " if origin else ""
-    if isinstance(image, Image.Image):
-        img = image
-    else:
-        try:
-            img = Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image)
-            img.load()
-        except FileNotFoundError:
-            raise DataError(f"{where}image file {image} does not exist; fix the path or pass --image-folder") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DataError(f"{where}image {image if not isinstance(image, bytes) else '<bytes>'} cannot be read "
-                            f"as an image ({e}); replace or remove the file") from None
-    if img.width == 0 or img.height == 0:
-        raise DataError(f"{where}image {image} is empty ({img.width}x{img.height})")
-    return img.convert("RGB")
+    """A path, bytes or PIL image -> RGB PIL image (`vlx.inputs.open_image`); `DataError` if unreadable."""
+    try:
+        return inputs.open_image(image, origin=origin)
+    except inputs.InputError as e:
+        raise DataError(str(e)) from None
 
 
 def check_image(image: Any, origin: str) -> str | None:
-    """Cheap integrity check without a full decode; returns a problem message or None."""
-    if isinstance(image, Image.Image):
-        return None if image.width and image.height else f"image is empty ({image.width}x{image.height})"
-    if not isinstance(image, str):
+    """Everything `open_image` would refuse, found before step 0; returns the problem or None."""
+    if not isinstance(image, (str, Image.Image)):
         return f"'image' must be a file path, got {type(image).__name__}"
-    if not Path(image).is_file():
-        return f"image file {image} does not exist; fix the path or pass --image-folder"
-    try:
-        with Image.open(image) as img:
-            img.verify()  # structure and checksums, no pixel decode
-            if not img.width or not img.height:
-                return f"image {image} is empty"
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        return f"image {image} cannot be read as an image ({e}); replace or remove the file"
-    return None
+    return inputs.check_image(image)
 
 
 def row_turns(row: Row, template: str) -> list[Turn]:

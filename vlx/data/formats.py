@@ -21,20 +21,19 @@ reference mixture does (`"...?\\nAnswer the question using a single word or phra
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from vlx.inputs import InputError, read_json, read_jsonl, read_yaml
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 MULTIPLE_CHOICE_PROMPT = "Answer with the option's letter from the given choices directly."
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Data that cannot be trained on; the message lists every problem with its file and row."""
 
 
@@ -76,20 +75,26 @@ def read_sources(path: str | Path) -> list[Source]:
     if path_str.endswith((".yaml", ".yml")):
         p = Path(path)
         try:
-            spec = yaml.safe_load(p.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise DataError(f"cannot read mixture {p}: {e}") from e
+            spec = read_yaml(p)
+        except InputError as e:
+            raise DataError(f"cannot read mixture {e}") from None
         if not isinstance(spec, dict) or not isinstance(spec.get("sources"), list) or not spec["sources"]:
             raise DataError(f"{p}: a mixture needs a non-empty 'sources:' list (see vlx/data/formats.py)")
         sources = []
         for i, s in enumerate(spec["sources"]):
+            if not isinstance(s, dict) or not isinstance(s.get("path", ""), str):
+                raise DataError(f"{p}: source {i}: write a mapping with a string 'path' (and name, format_prompt, "
+                                f"ratio), got {s!r:.80}")
             unknown = set(s) - {"name", "path", "format_prompt", "ratio"}
             if unknown or "path" not in s:
                 raise DataError(f"{p}: source {i}: keys are name, path, format_prompt, ratio "
                                 f"({'unknown: ' + ', '.join(sorted(unknown)) if unknown else 'path is missing'})")
             src_path = s["path"] if Path(s["path"]).is_absolute() else str(p.parent / s["path"])
-            ratio = float(s.get("ratio", 1.0))
-            if ratio <= 0:
+            try:
+                ratio = float(s.get("ratio", 1.0))
+            except (TypeError, ValueError):
+                raise DataError(f"{p}: source {s.get('name', i)}: ratio must be a number, got {s.get('ratio')!r}") from None
+            if not ratio > 0 or ratio == float("inf"):
                 raise DataError(f"{p}: source {s.get('name', i)}: ratio must be > 0, got {ratio}")
             sources.append(Source(s.get("name", Path(s["path"]).stem), src_path, s.get("format_prompt"), ratio))
         return sources
@@ -97,27 +102,25 @@ def read_sources(path: str | Path) -> list[Source]:
 
 
 def _records(path: str, problems: list[Problem]) -> tuple[list[tuple[str, Any]], Path | None]:
-    """-> ([(origin, record)], folder images resolve against)."""
+    """-> ([(origin, record)], folder images resolve against). A bad JSONL line is one problem."""
     p = Path(path)
     if p.suffix == ".jsonl":
         out = []
         try:
-            lines = p.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise DataError(f"cannot read {p}: {e}") from e
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append((f"{p}:line {n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                problems.append(Problem(f"{p}:line {n}", f"not valid JSON ({e.msg} at column {e.colno})"))
+            lines = read_jsonl(p)
+        except InputError as e:
+            raise DataError(str(e)) from None
+        for n, value in lines:
+            if isinstance(value, InputError):
+                problems.append(Problem(f"{p}:line {n}", str(value).removeprefix(f"{p}:line {n}: ")))
+            else:
+                out.append((f"{p}:line {n}", value))
         return out, p.parent
     if p.suffix == ".json":
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"cannot read {p} as JSON: {e}") from e
+            data = read_json(p)
+        except InputError as e:
+            raise DataError(str(e)) from None
         if not isinstance(data, list):
             raise DataError(f"{p}: expected a JSON list of LLaVA rows, got a {type(data).__name__}")
         return [(f"{p}:row {n}", r) for n, r in enumerate(data, 1)], p.parent

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from vlx.data.templates import IGNORE_INDEX, answer_prefix
+from vlx.run import max_length as run_max_length
 
 SAMPLES_IN_REPORT = 8
 """Conversations shown side by side in `report.md` (all of them go to `chat_samples.jsonl`)."""
@@ -152,18 +153,6 @@ def base_of(run: str | Path) -> Path | None:
     return base if base.is_dir() else None
 
 
-def _max_length(model_dir: Path | None) -> int:
-    """The base run's `max_length` (image tokens included), as fine-tuning used it."""
-    import yaml
-
-    cfg = model_dir / "config.yaml" if model_dir is not None else None
-    if cfg is not None and cfg.exists():
-        value = ((yaml.safe_load(cfg.read_text()) or {}).get("model") or {}).get("max_length")
-        if value:
-            return int(value)
-    return 2048  # LLaVA-1.5's model_max_length
-
-
 def evaluate_chat(run, data: str | Path, *, base: str | Path | None = None, limit: int | None = None,
                   max_new_tokens: int = 64, batch_size: int = 8, progress=None) -> dict:
     """Chat retention of `run` (a run directory or a loaded `vlx.Extractor`) on held-out conversations.
@@ -181,7 +170,7 @@ def evaluate_chat(run, data: str | Path, *, base: str | Path | None = None, limi
     rows = load_chat_rows(data, limit=limit)
     extractor = load(run)
     base = Path(base) if base is not None else base_of(extractor.path) if extractor.path else None
-    max_length = _max_length(base)
+    max_length = run_max_length(base)
 
     say("chat: answering held-out questions")
     answers = chat_answers(extractor, rows, max_new_tokens=max_new_tokens, batch_size=batch_size)

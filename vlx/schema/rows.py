@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from vlx.inputs import InputError, check_image, parse_json, read_text
 from vlx.schema.canonical import canonical_json, undecodable
 
 
@@ -82,16 +83,14 @@ def validate_rows(source: str | Path | Iterable[dict | str], Schema: type[BaseMo
                   image_folder: str | Path | None = None, check_images: bool = True) -> RowReport:
     """Validate every row of a JSONL file (or an iterable of rows) against `Schema`.
 
-    Checks per row: the line is a JSON object; `image` is a string naming an existing file
-    (when `check_images`); `target` validates against `Schema` with no extra keys; every string
+    Checks per row: the line is a JSON object (within `vlx.inputs`' limits); `image` is a string
+    naming a file that decodes as an image within the pixel limit (when `check_images`); `target` validates against `Schema` with no extra keys; every string
     in it can be produced by the constrained decoder; `prompt`, if present, is a string.
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"data file {path} does not exist")
         base = Path(image_folder) if image_folder is not None else path.parent
-        lines: Iterable[tuple[int, dict | str]] = enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        lines: Iterable[tuple[int, dict | str]] = enumerate(read_text(path).splitlines(), 1)
         report = RowReport(str(path))
     else:
         base = Path(image_folder) if image_folder is not None else Path.cwd()
@@ -113,9 +112,9 @@ def _check_row(number: int, line: dict | str, Schema, base: Path, check_images: 
     errors: list[RowError] = []
     if isinstance(line, str):
         try:
-            line = json.loads(line)
-        except json.JSONDecodeError as e:
-            return None, [RowError(number, "line", f"not valid JSON ({e.msg} at column {e.colno})")]
+            line = parse_json(line)
+        except InputError as e:
+            return None, [RowError(number, "line", str(e))]
     if not isinstance(line, dict):
         return None, [RowError(number, "line", f"expected a JSON object, got {type(line).__name__}")]
 
@@ -126,8 +125,9 @@ def _check_row(number: int, line: dict | str, Schema, base: Path, check_images: 
         errors.append(RowError(number, "image", f"must be a path string, got {type(line['image']).__name__}"))
     else:
         image = base / line["image"]
-        if check_images and not image.is_file():
-            errors.append(RowError(number, "image", f"file not found: {image}"))
+        problem = check_image(image) if check_images else None
+        if problem:
+            errors.append(RowError(number, "image", problem))
 
     prompt = line.get("prompt")
     if prompt is not None and not isinstance(prompt, str):

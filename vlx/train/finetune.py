@@ -36,6 +36,7 @@ from vlx.model.build import ModelLoadError, load_llava
 from vlx.model.llava import IMAGE_TOKEN
 from vlx.plot import plot_metrics
 from vlx.run import RunInfo
+from vlx.run import max_length as run_max_length
 from vlx.schema import check_supported, format_prompt, json_schema, load_schema, validate_rows
 from vlx.train.base import training_args
 from vlx.data.packing import supervised_loss
@@ -218,7 +219,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     log.info("trainable parameters: %s", trainable_summary(model))
 
     rows = _extraction_rows(report, fmt) + _chat_rows(data_cfg, len(train_rows), out, train_cfg.seed)
-    max_length = _max_length(base)
+    max_length = run_max_length(base)
     examples, problems = prepare(rows, processor.tokenizer, template=template,
                                  image_token_id=model.config.image_token_id,
                                  num_image_tokens=model.config.image_seq_length, max_length=max_length,
@@ -282,12 +283,3 @@ def _known_template(processor) -> str:
             return name
     raise ConfigError("the base model's chat template is not one vlx trains with (vicuna_v1, chatml); "
                       "fine-tune a `vlx train-base` run, or convert the checkpoint's template first")
-
-
-def _max_length(base: Path) -> int:
-    cfg = base / "config.yaml"
-    if cfg.exists():
-        value = (yaml.safe_load(cfg.read_text()) or {}).get("model", {}).get("max_length")
-        if value:
-            return int(value)
-    return 2048  # LLaVA-1.5's model_max_length
