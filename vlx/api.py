@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from vlx.data.templates import JINJA, Turn, answer_prefix, prompt_text
 from vlx.decode import ConstrainedDecoder, DecodeConfig, ExtractionError, generate
 from vlx.inputs import InputError, open_image
+from vlx.model import trust
 from vlx.model.build import ModelLoadError, load_llava
 from vlx.model.llava import IMAGE_TOKEN
 from vlx.run import RunInfo
@@ -256,10 +257,11 @@ def _load_finetune(path: Path, info: RunInfo, dtype):
     if not (path / "adapter").is_dir():
         raise ModelLoadError(f"{path} is a finetune run without its adapter/ directory; the run is incomplete")
     model, processor = load_llava(base, dtype=dtype)
+    trust.check_dir(path / "adapter", "adapter")
     if (path / "tokenizer_config.json").exists() or (path / "processor_config.json").exists():
         from transformers import AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust.trust_remote_code())
     # Merged in memory: inference then runs at the base model's speed.
     model = PeftModel.from_pretrained(model, path / "adapter").merge_and_unload()
     return model.eval(), processor

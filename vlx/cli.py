@@ -30,8 +30,27 @@ def _user_errors():
     from vlx.data.formats import DataError
     from vlx.inputs import InputError
     from vlx.model.build import ModelLoadError
+    from vlx.model.trust import TrustError
 
-    return (ConfigError, DataError, InputError, ModelLoadError, FileExistsError, FileNotFoundError)
+    return (ConfigError, DataError, InputError, ModelLoadError, TrustError, FileExistsError, FileNotFoundError)
+
+
+# Options of every command that reads models or images it did not write (`vlx.model.trust`, `vlx.inputs`).
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Load weights from pickle files (.bin/.pt) when a checkpoint has no safetensors; pickle can run code.")]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run the Python code a checkpoint ships (config.json auto_map); off by default.")]
+MaxImagePixels = Annotated[Optional[int], typer.Option(help="Refuse images over this many pixels (default 64 million, a decompression-bomb guard; 0: no limit).")]
+
+
+def _policy(allow_pickle: bool = False, trust_remote_code: bool = False, max_image_pixels: int | None = None) -> None:
+    """Apply the trust and image-size flags for this process and those it starts."""
+    from vlx.inputs import InputError, set_max_image_pixels
+    from vlx.model.trust import set_policy
+
+    set_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    try:
+        set_max_image_pixels(max_image_pixels)
+    except InputError as e:
+        _fail(str(e))
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -86,8 +105,12 @@ def train_base_cmd(
     feature_cache: Annotated[Optional[str], typer.Option(help="Directory caching the frozen vision tower's features: later epochs, stages and runs skip the tower.")] = None,
     no_feature_cache: Annotated[bool, typer.Option(help="Compute tower features every step even if the config file sets a cache.")] = False,
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack each micro-batch without padding (same loss; needs SDPA, eager or flash attention).")] = None,
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: TrustRemoteCode = False,
+    max_image_pixels: MaxImagePixels = None,
 ):
     """Train a LLaVA-1.5 model: stage 1 aligns the projector, stage 2 tunes projector + LLM."""
+    _policy(allow_pickle, trust_remote_code, max_image_pixels)
     from vlx.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_yaml, merge
     from vlx.model.presets import get_preset
     from vlx.train.base import train_base
@@ -131,7 +154,7 @@ def train_base_cmd(
 
 @app.command("finetune")
 def finetune_cmd(
-    schema: Annotated[Path, typer.Option(help="Python file defining the pydantic schema (templates/poi.py).")],
+    schema: Annotated[Path, typer.Option(help="Python file defining the pydantic schema (templates/poi.py); it is executed, so give only files you would run.")],
     base: Annotated[Path, typer.Option(help="Base model: a `vlx train-base` run or a vlx-trained LLaVA directory.")],
     data: Annotated[str, typer.Option(help="JSONL rows {\"image\", \"target\", [\"prompt\"]}.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
@@ -164,8 +187,12 @@ def finetune_cmd(
     seed: Annotated[Optional[int], typer.Option(help="Data order and split seed.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
     deepspeed: Annotated[Optional[str], typer.Option(help="DeepSpeed JSON config.")] = None,
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: TrustRemoteCode = False,
+    max_image_pixels: MaxImagePixels = None,
 ):
     """LoRA-fine-tune a base model to answer in SCHEMA's JSON, keeping it fluent in chat."""
+    _policy(allow_pickle, trust_remote_code, max_image_pixels)
     from vlx.config import FinetuneDataConfig, LoraConfig, TrainConfig, load_yaml, merge
     from vlx.model.presets import PRESETS
     from vlx.schema import SchemaError
@@ -209,8 +236,11 @@ def _base_preset(base: Path) -> str:
 def export_cmd(
     model: Annotated[Path, typer.Option(help="A `vlx finetune` run directory.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the merged standalone checkpoint.")],
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: TrustRemoteCode = False,
 ):
     """Merge a fine-tune run's adapter into a standalone transformers checkpoint."""
+    _policy(allow_pickle, trust_remote_code)
     from vlx.export import export_merged
 
     try:
@@ -229,10 +259,14 @@ def data_validate_cmd(
     preset: Annotated[str, typer.Option(help="Preset whose tokenizer measures lengths.")] = "tiny",
     template: Annotated[Optional[str], typer.Option(help="Template to check against: plain, vicuna_v1, chatml (default: the preset's).")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sample (default: the preset's).")] = None,
-    schema: Annotated[Optional[Path], typer.Option(help="Validate extraction rows {image, target} against this pydantic schema file.")] = None,
+    schema: Annotated[Optional[Path], typer.Option(help="Validate extraction rows {image, target} against this pydantic schema file (Python, executed: only files you would run).")] = None,
     schema_class: Annotated[Optional[str], typer.Option(help="Class name in --schema when it defines several roots.")] = None,
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: TrustRemoteCode = False,
+    max_image_pixels: MaxImagePixels = None,
 ):
     """Report every bad row (file, row, field and fix) without training; exit 1 if any."""
+    _policy(allow_pickle, trust_remote_code, max_image_pixels)
     from vlx.config import ModelConfig
     from vlx.data.dataset import prepare
     from vlx.data.formats import load_rows
@@ -335,8 +369,12 @@ def eval_cmd(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Token budget per answer (default: the benchmark's, LLaVA's 128; extraction: derived from the schema).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Directory for results (default: MODEL/eval/BENCHMARK or MODEL/eval/extraction).")] = None,
     chat_data: Annotated[Optional[str], typer.Option(help="Extraction mode: held-out chat conversations; adds chat retention (JSON leaks, answer perplexity vs the base).")] = None,
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: TrustRemoteCode = False,
+    max_image_pixels: MaxImagePixels = None,
 ):
     """Score a model: a paper benchmark (--benchmark) or schema extraction on held-out rows."""
+    _policy(allow_pickle, trust_remote_code, max_image_pixels)
     from vlx.eval.benchmarks import BenchmarkError, get_benchmark, markdown_table, run_benchmark
     from vlx.eval.extraction import ExtractionEvalError, evaluate_run
     from vlx.eval.fields import format_table
@@ -387,7 +425,7 @@ def _image_paths(items: list[Path]) -> list[Path]:
 def extract_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or folders (a folder means its image files).")],
     model: Annotated[str, typer.Option("--model", help="A finetune run, an export, or a base model (then give --schema).")],
-    schema: Annotated[Optional[Path], typer.Option(help="Pydantic schema file; default: the one the run was fine-tuned with.")] = None,
+    schema: Annotated[Optional[Path], typer.Option(help="Pydantic schema file (Python, executed: only files you would run); default: the run's own.")] = None,
     schema_class: Annotated[Optional[str], typer.Option(help="Class name in --schema when it defines several roots.")] = None,
     allow_schema_change: Annotated[bool, typer.Option(help="Decode under --schema even if the run was fine-tuned with another.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per generation batch.")] = 8,
@@ -395,8 +433,12 @@ def extract_cmd(
     temperature: Annotated[float, typer.Option(help="0 decodes greedily; above 0 samples.")] = 0.0,
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Token budget; default: derived from the schema's bounds.")] = None,
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: TrustRemoteCode = False,
+    max_image_pixels: MaxImagePixels = None,
 ):
     """Print one JSON object per image and line: {"image", "result"} or {"image", "error"}; exit 1 if any failed."""
+    _policy(allow_pickle, trust_remote_code, max_image_pixels)
     import json
 
     from rich.console import Console
@@ -446,8 +488,12 @@ def chat_cmd(
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 decodes greedily; above 0 samples.")] = 0.0,
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+    allow_pickle: AllowPickle = False,
+    trust_remote_code: TrustRemoteCode = False,
+    max_image_pixels: MaxImagePixels = None,
 ):
     """Ask the model anything, with or without an image: its chat mode (no format prompt, no grammar)."""
+    _policy(allow_pickle, trust_remote_code, max_image_pixels)
     from vlx.api import ImageError, load
 
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from vlx.model import trust
 from vlx.model.build import ModelLoadError, load_llava
 from vlx.run import RunInfo, atomic_dir
 
@@ -28,6 +29,7 @@ def load_finetune(run: str | Path, *, merge: bool = True):
     if not (run / "adapter").is_dir():
         raise ModelLoadError(f"{run} has no adapter/ directory; the run did not finish")
     model, processor = load_llava(info.base)
+    trust.check_dir(run / "adapter", "adapter")
     model = PeftModel.from_pretrained(model, run / "adapter")
     return (model.merge_and_unload() if merge else model), processor, info
 

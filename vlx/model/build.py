@@ -27,7 +27,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from vlx.config import ModelConfig
-from vlx.model import smol, tiny
+from vlx.model import smol, tiny, trust
 from vlx.model.llava import IMAGE_TOKEN, init_projector, llava_config, llava_processor
 from vlx.model.presets import get_preset
 
@@ -72,8 +72,9 @@ def _load_vision(source: str, seed: int):
     if source == "smol-clip":
         source = _smol_dir(smol.vision_dir)
     _check_path(source, "vision tower")
+    trust.check_dir(source, "vision tower")
     try:
-        tower = CLIPVisionModel.from_pretrained(source)
+        tower = CLIPVisionModel.from_pretrained(source, **trust.hub_kwargs())
     except Exception as e:  # noqa: BLE001 - transformers raises many types; all mean "cannot load"
         raise ModelLoadError(
             f"cannot load vision tower {source!r}: {e}\n"
@@ -81,7 +82,7 @@ def _load_vision(source: str, seed: int):
             "with network access, or the preset name 'tiny'."
         ) from e
     try:
-        proc = CLIPImageProcessorPil.from_pretrained(source)
+        proc = CLIPImageProcessorPil.from_pretrained(source, trust_remote_code=trust.trust_remote_code())
         return tower.eval(), proc.image_mean, proc.image_std
     except Exception:  # noqa: BLE001 - no preprocessor config: CLIP's own statistics
         return tower.eval(), None, None
@@ -98,9 +99,12 @@ def _load_llm(source: str, gguf_file: str | None, seed: int):
     if source == "smol":
         source = _smol_dir(smol.llm_dir)
     _check_path(source, "LLM")
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    if not gguf_file:  # a GGUF file holds tensors and metadata, no pickle and no code
+        trust.check_dir(source, "LLM")
+    kwargs = {"gguf_file": gguf_file} if gguf_file else trust.hub_kwargs()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust.trust_remote_code(),
+                                                  **({"gguf_file": gguf_file} if gguf_file else {}))
         lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(
@@ -207,9 +211,10 @@ def load_llava(path: str | Path, *, dtype: torch.dtype = torch.float32):
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} is not a model directory (no config.json); give a `vlx train-base` output "
                              "directory or a llava-hf checkpoint")
-    config = AutoConfig.from_pretrained(path)
+    trust.check_dir(path, "model")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust.trust_remote_code())
     if config.model_type != "llava":
         raise ModelLoadError(f"{path} holds a {config.model_type!r} model, not a LLaVA checkpoint")
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    processor = AutoProcessor.from_pretrained(path)
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, **trust.hub_kwargs())
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust.trust_remote_code())
     return model.eval(), processor

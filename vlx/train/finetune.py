@@ -84,8 +84,12 @@ def _load_base(base: Path, lora: LoraConfig):
                                    bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["vision_tower",
                                                                                                  "multi_modal_projector",
                                                                                                  "lm_head"])
-        model = LlavaForConditionalGeneration.from_pretrained(base, quantization_config=quant)
-        return prepare_model_for_kbit_training(model), AutoProcessor.from_pretrained(base)
+        from vlx.model import trust
+
+        trust.check_dir(base, "base model")
+        model = LlavaForConditionalGeneration.from_pretrained(base, quantization_config=quant, **trust.hub_kwargs())
+        return (prepare_model_for_kbit_training(model),
+                AutoProcessor.from_pretrained(base, trust_remote_code=trust.trust_remote_code()))
     return load_llava(base)
 
 
