@@ -250,6 +250,14 @@ def export_cmd(
     typer.echo(f"merged checkpoint written to {path} (plain transformers loads it; vlx.load keeps its schema)")
 
 
+def _row_order(problem) -> tuple:
+    """Problems in file order: by source, then row/line number (`data.jsonl:line 12`, `row 3`)."""
+    if hasattr(problem, "row"):
+        return (str(getattr(problem, "source", "")), problem.row)
+    head, _, number = problem.origin.rpartition(" ")
+    return (head, int(number)) if number.isdigit() else (problem.origin, 0)
+
+
 # ---- data validate ----------------------------------------------------------------------------
 
 @data_app.command("validate")
@@ -291,7 +299,7 @@ def data_validate_cmd(
             total = len(rows)
     except _user_errors() as e:
         _fail(str(e))
-    for p in problems:
+    for p in sorted(problems, key=_row_order):
         typer.echo(str(p))
     if problems:
         typer.secho(f"{len(problems)} invalid row(s)", err=True, fg=typer.colors.RED)

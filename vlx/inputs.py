@@ -217,6 +217,8 @@ def _open(source, origin: str, max_pixels: int | None):
 
     limit = max_image_pixels() if max_pixels is None else max_pixels
     label = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    if not label.isprintable():
+        label = ascii(label)  # a NUL or control character in a path, shown rather than printed
     where = _where(origin)
     subject = "" if str(origin) == label else f"image {label} "  # named once: by the origin, or here
     if isinstance(source, (bytes, bytearray)):

@@ -47,6 +47,8 @@ def check_image(image: Any, origin: str) -> str | None:
     """Everything `open_image` would refuse, found before step 0; returns the problem or None."""
     if not isinstance(image, (str, Image.Image)):
         return f"'image' must be a file path, got {type(image).__name__}"
+    if isinstance(image, str) and not image.strip():
+        return "'image' is an empty string; give the image's path (or drop the key for a text-only row)"
     return inputs.check_image(image)
 
 

@@ -152,7 +152,7 @@ def load_rows(data: str | Path, *, image_folder: str | Path | None = None, seed:
                                                 "{'from': 'human'|'gpt', 'value': ...}"))
                 continue
             image = rec.get("image")
-            if isinstance(image, str) and base is not None and not Path(image).is_absolute():
+            if isinstance(image, str) and image.strip() and base is not None and not Path(image).is_absolute():
                 image = str(base / image)
             source_rows.append(Row(origin, rec["conversations"], image, rec.get("id"), source.name,
                                    source.format_prompt, rec))

@@ -63,6 +63,9 @@ def to_turns(conversations: list[dict]) -> list[Turn]:
     """LLaVA `conversations` (`from` human/gpt alternating) -> turns, with structural checks."""
     if not conversations:
         raise SampleError("empty conversation: give at least one human turn and one gpt turn")
+    for i, c in enumerate(conversations):
+        if not isinstance(c, dict):
+            raise SampleError(f"turn {i} is a {type(c).__name__}, not a {{'from': 'human'|'gpt', 'value': ...}} object")
     roles = [c.get("from") for c in conversations]
     if roles[0] == "system":
         raise SampleError("a 'system' turn is not supported; put instructions in the first human turn")

@@ -123,6 +123,8 @@ def _check_row(number: int, line: dict | str, Schema, base: Path, check_images: 
         errors.append(RowError(number, "image", "missing; give the image path"))
     elif not isinstance(line["image"], str):
         errors.append(RowError(number, "image", f"must be a path string, got {type(line['image']).__name__}"))
+    elif not line["image"].strip():
+        errors.append(RowError(number, "image", "is an empty string; give the image path"))
     else:
         image = base / line["image"]
         problem = check_image(image) if check_images else None
