@@ -221,6 +221,22 @@ def test_extract_prints_every_good_result_and_exits_1_on_a_bad_image(world, kind
     assert result.exit_code == (1 if any(not k.startswith("good") for k in kinds) else 0), result.output
 
 
+def test_damaged_model_directories_are_named(world, tmp_path):
+    (tmp_path / "bad-json").mkdir()
+    (tmp_path / "bad-json" / "config.json").write_text("{oops")
+    (tmp_path / "no-weights").mkdir()
+    (tmp_path / "no-weights" / "config.json").write_text((world / "base" / "config.json").read_text())
+    (tmp_path / "cut-weights").mkdir()
+    (tmp_path / "cut-weights" / "config.json").write_text((world / "base" / "config.json").read_text())
+    (tmp_path / "cut-weights" / "model.safetensors").write_bytes((world / "base" / "model.safetensors").read_bytes()[:999])
+    expected = {"bad-json": "config.json is not a model config", "no-weights": "cannot load the checkpoint",
+                "cut-weights": "cannot load the checkpoint", "nowhere": "is not a directory"}
+    for name, message in expected.items():
+        result = runner.invoke(app, ["extract", "--model", str(tmp_path / name), str(world / "good0.png")])
+        _clean(result)
+        assert result.exit_code == 2 and message in result.stderr and name in result.stderr, result.output
+
+
 _PROCESSOR = []
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoProcessor,
     AutoTokenizer,
@@ -212,9 +211,19 @@ def load_llava(path: str | Path, *, dtype: torch.dtype = torch.float32):
         raise ModelLoadError(f"{path} is not a model directory (no config.json); give a `vlx train-base` output "
                              "directory or a llava-hf checkpoint")
     trust.check_dir(path, "model")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust.trust_remote_code())
-    if config.model_type != "llava":
-        raise ModelLoadError(f"{path} holds a {config.model_type!r} model, not a LLaVA checkpoint")
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, **trust.hub_kwargs())
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust.trust_remote_code())
+    from vlx.inputs import InputError, read_json
+
+    try:
+        model_type = read_json(path / "config.json").get("model_type")
+    except (InputError, AttributeError) as e:
+        raise ModelLoadError(f"{path}/config.json is not a model config ({e}); the checkpoint is damaged: "
+                             "copy it again or re-save it with save_pretrained") from None
+    if model_type != "llava":
+        raise ModelLoadError(f"{path} holds a {model_type!r} model, not a LLaVA checkpoint")
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, **trust.hub_kwargs())
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust.trust_remote_code())
+    except Exception as e:  # noqa: BLE001 - transformers/safetensors raise many types; all mean "cannot load"
+        raise ModelLoadError(f"cannot load the checkpoint in {path} ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
+                             "it is incomplete or damaged: copy it again, or rerun the command that wrote it") from None
     return model.eval(), processor
