@@ -184,3 +184,43 @@ def test_run_trained_without_format_prompt_is_prompted_without_one(tiny):
     ex = Extractor(model, processor, template="vicuna_v1", Schema=Schema, format_prompt="")
     assert ex._schema_and_prompt(None, False) == (Schema, "")
     assert ex._schema_and_prompt(Schema, False) == (Schema, "")
+
+
+def test_report_to_tensorboard_gets_loss_accuracies_and_the_sample_table(base_and_rows, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root = base_and_rows
+    out = tmp_path / "tb"
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(root / "base"), "--data",
+                                 str(root / "rows.jsonl"), "--out", str(out), "--max-steps", "2", "--chat-ratio", "0",
+                                 "--val-fraction", "0.25", "--report-to", "tensorboard"])
+    assert result.exit_code == 0, result.output
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and all(s["step"] == 2 for s in samples)  # 12 rows, a quarter held out
+    for s in samples:
+        assert s["target"]["pois"] and s["image"].endswith(".png")
+        if s["prediction"] is None:
+            assert "pois[0].name" in s["differs"]
+        else:
+            from vlx.train.tracking import differing_fields
+
+            assert s["differs"] == differing_fields(s["prediction"], s["target"])
+    [logdir] = list((out / "tensorboard").iterdir())
+    events = EventAccumulator(str(logdir), size_guidance={"tensors": 0}).Reload()
+    tags = events.Tags()
+    assert "train/loss" in tags["scalars"] and "held_out/schema_valid_rate" in tags["scalars"]
+    assert "held_out/samples/text_summary" in tags["tensors"]
+    bad = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(root / "base"), "--data",
+                              str(root / "rows.jsonl"), "--out", str(tmp_path / "x"), "--report-to", "comet"])
+    assert bad.exit_code == 2 and "use none, tensorboard, wandb or mlflow" in bad.stderr
+
+
+def test_differing_fields_names_the_leaves():
+    from vlx.train.tracking import differing_fields
+
+    target = {"pois": [{"name": "A", "address": {"street": "X"}, "hours": ["mon"]}]}
+    assert differing_fields(target, target) == []
+    assert differing_fields({"pois": [{"name": "B", "address": {"street": "X"}, "hours": []}]}, target) == \
+        ["pois[0].hours", "pois[0].name"]
+    assert differing_fields({"pois": []}, target) == ["pois", "pois[0].address.street", "pois[0].hours", "pois[0].name"]
+    assert differing_fields(None, target) == ["pois[0].address.street", "pois[0].hours", "pois[0].name"]

@@ -84,6 +84,7 @@ def train_base_cmd(
     per_device_batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass per process.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward.")] = None,
+    report_to: Annotated[Optional[str], typer.Option(help="Experiment tracker: none (default), tensorboard (OUT/tensorboard), wandb or mlflow.")] = None,
     save_steps: Annotated[Optional[int], typer.Option(help="Write a resumable checkpoint every N steps.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Data order seed.")] = None,
     vision: Annotated[Optional[str], typer.Option(help="Vision tower: hub id or local dir (overrides the preset).")] = None,
@@ -136,7 +137,8 @@ def train_base_cmd(
         p = get_preset(model_cfg.preset)
         shared = dict(max_steps=max_steps, epochs=epochs, global_batch_size=global_batch_size,
                       per_device_batch_size=per_device_batch_size, precision=precision,
-                      gradient_checkpointing=gradient_checkpointing, save_steps=save_steps, seed=seed)
+                      gradient_checkpointing=gradient_checkpointing, save_steps=save_steps, seed=seed,
+                      report_to=report_to)
         stage_cfgs = {
             "1": merge(TrainConfig, p.stage1, yaml_cfg.get("stage1", {}), shared, {"learning_rate": stage1_lr}),
             "2": merge(TrainConfig, p.stage2, yaml_cfg.get("stage2", {}), shared,
@@ -183,6 +185,7 @@ def finetune_cmd(
     per_device_batch_size: Annotated[Optional[int], typer.Option(help="Samples per forward pass per process.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto, bf16 or fp32.")] = None,
     gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward.")] = None,
+    report_to: Annotated[Optional[str], typer.Option(help="Experiment tracker: none (default), tensorboard (OUT/tensorboard), wandb or mlflow.")] = None,
     save_steps: Annotated[Optional[int], typer.Option(help="Resumable checkpoint every N steps.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Data order and split seed.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
@@ -211,7 +214,8 @@ def finetune_cmd(
         train_cfg = merge(TrainConfig, PRESETS[preset].finetune, yaml_cfg.get("train", {}), dict(
             learning_rate=learning_rate, projector_lr=projector_lr, epochs=epochs, max_steps=max_steps,
             global_batch_size=global_batch_size, per_device_batch_size=per_device_batch_size,
-            precision=precision, gradient_checkpointing=gradient_checkpointing, save_steps=save_steps, seed=seed))
+            precision=precision, gradient_checkpointing=gradient_checkpointing, save_steps=save_steps, seed=seed,
+            report_to=report_to))
         lora_cfg = merge(LoraConfig, yaml_cfg.get("lora", {}), dict(
             r=lora_r, alpha=lora_alpha, dropout=lora_dropout, train_projector=train_projector,
             load_in_4bit=load_in_4bit or None))

@@ -108,8 +108,12 @@ class TrainConfig:
     """Log loss every N optimizer steps."""
     seed: int = 42
     """Data order and dropout seed."""
+    report_to: str = "none"
+    """Experiment tracker: `none`, `tensorboard`, `wandb` or `mlflow` (`vlx.train.tracking`)."""
 
     def __post_init__(self):
+        if self.report_to not in ("none", "tensorboard", "wandb", "mlflow"):
+            raise ConfigError(f"report_to={self.report_to!r}: use none, tensorboard, wandb or mlflow")
         for name in ("global_batch_size", "per_device_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")

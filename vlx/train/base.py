@@ -34,6 +34,7 @@ from vlx.model.align import load_projector
 from vlx.model.build import build_llava, load_llava, resolve
 from vlx.plot import plot_metrics
 from vlx.run import RunInfo
+from vlx.train import tracking
 from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, trainable_summary
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def training_args(cfg: TrainConfig, output_dir: Path, *, num_workers: int = 0, d
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         dataloader_num_workers=num_workers,
         remove_unused_columns=False,
-        report_to="none",
+        report_to=cfg.report_to,
+        run_name=output_dir.name,
         disable_tqdm=True,  # ProgressLines prints progress that log files can show too
         deepspeed=deepspeed,
         fsdp="full_shard auto_wrap" if fsdp_config else "",
@@ -152,6 +154,7 @@ def train_base(model_cfg: ModelConfig, data_cfg: DataConfig, stage_cfgs: dict[st
     for s in stages:
         if not data_for[s]:
             raise ConfigError(f"stage {s} needs --stage{s}-data")
+        tracking.check_report_to(stage_cfgs[s].report_to)
     if out.exists() and (out / "vlx_run.json").exists() and not resume:
         raise FileExistsError(f"{out} already holds a finished run; choose another --out or pass --resume")
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +190,7 @@ def train_base(model_cfg: ModelConfig, data_cfg: DataConfig, stage_cfgs: dict[st
         set_trainable(model, s)
         log.info("stage %s trainable parameters: %s", s, trainable_summary(model))
         cfg = stage_cfgs[s]
+        tracking.configure(cfg.report_to, out, STAGES[s])
         ckpt_dir = out / "checkpoints" / STAGES[s]
         args = training_args(cfg, ckpt_dir, num_workers=data_cfg.num_workers, deepspeed=deepspeed,
                              fsdp_config=fsdp_config)

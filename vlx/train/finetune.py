@@ -38,6 +38,7 @@ from vlx.plot import plot_metrics
 from vlx.run import RunInfo
 from vlx.run import max_length as run_max_length
 from vlx.schema import check_supported, format_prompt, json_schema, load_schema, validate_rows
+from vlx.train import tracking
 from vlx.train.base import training_args
 from vlx.data.packing import supervised_loss
 from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, trainable_summary
@@ -126,18 +127,21 @@ def _chat_rows(cfg: FinetuneDataConfig, n_extraction: int, out: Path, seed: int)
 
 
 class ExtractionEval(TrainerCallback):
-    """Schema-valid rate and per-field accuracy on held-out rows, each epoch and at the end.
+    """Schema-valid rate and per-field accuracy on held-out rows, each epoch and at the end; beside
+    them, every row's prediction, target and differing fields in `OUT/samples.jsonl` (and the tracker).
 
     Decoding is capped at 1.5x the longest held-out answer (in tokens): the schema's own budget
     admits thousands of tokens, which an undertrained model spends on rambling strings. A row
     that cannot close within the cap counts as not schema-valid.
     """
 
-    def __init__(self, processor, Schema, fmt: str, template: str, rows, metrics_path: Path):
+    def __init__(self, processor, Schema, fmt: str, template: str, rows, out: Path):
         self.processor, self.Schema, self.fmt, self.template = processor, Schema, fmt, template
-        self.rows, self.metrics_path = rows, metrics_path
+        self.rows, self.metrics_path, self.samples_path = rows, out / "metrics.jsonl", out / "samples.jsonl"
         self.extractor = None
         self.last_step = -1
+        self.trackers: list = []
+        """The trainer's callbacks (set once it is built): tracker integrations get the sample table."""
 
     def _run(self, model, step: int, is_main: bool) -> None:
         from vlx.api import Extractor
@@ -163,6 +167,10 @@ class ExtractionEval(TrainerCallback):
                 entry[f"acc/{path}"] = round(f["accuracy"], 4)
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
+        samples = tracking.sample_rows([r.image for r in self.rows], [p if isinstance(p, self.Schema) else None
+                                                                      for p in preds], [r.target for r in self.rows], step)
+        tracking.write_samples(samples, self.samples_path)
+        tracking.log_samples(self.trackers, samples, {k: v for k, v in entry.items() if k not in ("stage", "step")}, step)
         log.info("held-out: schema-valid %.1f%%, %s", 100 * entry["schema_valid_rate"],
                  ", ".join(f"{k[4:]} {v:.2f}" for k, v in entry.items() if k.startswith("acc/")))
 
@@ -180,6 +188,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     # 1. Config and schema: the contract is checked before anything heavy loads.
     base, out, schema = Path(base).resolve(), Path(out), Path(schema)
     _check_qlora(lora_cfg)
+    tracking.check_report_to(train_cfg.report_to)
     Schema = load_schema(schema, schema_class)
     check_supported(Schema)
     fmt = data_cfg.format_prompt if data_cfg.format_prompt is not None else format_prompt(Schema, data_cfg.task, style=data_cfg.prompt_style)
@@ -245,6 +254,8 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     (out / "format_prompt.txt").write_text(fmt, encoding="utf-8")
 
     # 5. Train.
+    tracking.configure(train_cfg.report_to, out, "finetune")
+    evaluator = ExtractionEval(processor, Schema, fmt, template, val_rows, out)
     ckpt_dir = out / "checkpoints"
     args = training_args(train_cfg, ckpt_dir, deepspeed=deepspeed)
     trainer = LlavaTrainer(
@@ -258,8 +269,9 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
         modality_lengths=dataset.lengths,
         source_names=SOURCES,
         callbacks=[MetricsLogger(out / "metrics.jsonl", "finetune"), ProgressLines("finetune"),
-                   ExtractionEval(processor, Schema, fmt, template, val_rows, out / "metrics.jsonl")],
+                   evaluator],
     )
+    evaluator.trackers = trainer.callback_handler.callbacks
     last = get_last_checkpoint(str(ckpt_dir)) if resume and ckpt_dir.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
 
