@@ -548,6 +548,17 @@ def pretrain_tower_cmd(
     typer.echo(f"tower written to {out}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()))
 
 
+@app.command("doctor")
+def doctor_cmd():
+    """Versions, device and precision `auto` will pick, optional packages, the cache; the fix for each problem."""
+    from vlx.doctor import diagnose, format_checks
+
+    checks = diagnose()
+    typer.echo(format_checks(checks))
+    if any(not c.ok for c in checks):
+        raise typer.Exit(1)
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Directory for data, runs, evaluations and report.html.")] = Path("demo"),
