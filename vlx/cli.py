@@ -311,6 +311,104 @@ def data_validate_cmd(
     typer.echo(f"ok: {total if total is not None else 'all'} rows valid")
 
 
+@data_app.command("preview")
+def data_preview_cmd(
+    data: Annotated[str, typer.Argument(help="LLaVA .json/.jsonl, a `datasets` dir, a mixture .yaml, or (with --schema) extraction rows.")],
+    base: Annotated[Optional[Path], typer.Option(help="A run or LLaVA checkpoint whose tokenizer and template to render with.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Or a preset: tiny, smol, llava-1.5-7b ...")] = None,
+    schema: Annotated[Optional[Path], typer.Option(help="Extraction rows: render them as `vlx finetune` does, with this schema's format prompt (Python, executed).")] = None,
+    template: Annotated[Optional[str], typer.Option(help="Template override: plain (stage 1), vicuna_v1, chatml.")] = None,
+    prompt_style: Annotated[str, typer.Option(help="With --schema: the derived format prompt, cue (finetune's default) or schema.")] = "cue",
+    n: Annotated[int, typer.Option("--n", help="Samples to show.")] = 5,
+    image_folder: Annotated[Optional[str], typer.Option(help="Folder image paths are relative to.")] = None,
+    html_out: Annotated[Path, typer.Option("--html", help="Where to write the HTML preview with the images.")] = Path("preview.html"),
+    max_image_pixels: MaxImagePixels = None,
+):
+    """Show what the model will be trained on: rendered samples, supervised spans, token counts, preview.html."""
+    _policy(max_image_pixels=max_image_pixels)
+    from rich.console import Console
+    from rich.markup import escape
+
+    from vlx.data.dataset import prepare
+    from vlx.data.formats import load_rows
+    from vlx.data.preview import render_text, summary, write_html
+
+    if (base is None) == (preset is None):
+        _fail("give exactly one of --base RUN or --preset NAME (whose tokenizer and template render the data)")
+    try:
+        tokenizer, image_token_id, n_image, tmpl, max_length = _renderer(base, preset, template)
+        if schema is not None:
+            from vlx.schema import format_prompt, load_schema, validate_rows
+            from vlx.train.finetune import _extraction_rows
+
+            Schema = load_schema(schema)
+            report = validate_rows(data, Schema, image_folder=image_folder)
+            bad = len({e.row for e in report.errors})
+            rows = _extraction_rows(report, format_prompt(Schema, style=prompt_style))
+        else:
+            problems: list = []
+            rows = load_rows(data, image_folder=image_folder, problems=problems)
+            bad = len(problems)
+        examples, more = prepare(rows, tokenizer, template=tmpl, image_token_id=image_token_id,
+                                 num_image_tokens=n_image, max_length=max_length)
+        bad += len(more)
+    except (*_user_errors(), ValueError) as e:
+        _fail(str(e))
+    if not examples:
+        _fail(f"no valid rows to preview in {data} ({bad} invalid: `vlx data validate` lists them)")
+    console = Console(soft_wrap=True, highlight=False)
+    for ex in examples[:n]:
+        from vlx.data.preview import counts
+
+        c = counts(ex, image_token_id)
+        console.print(escape(f"── {ex.origin} [{ex.source}]: text {c['text']} + image {c['image']} = {c['total']} "
+                             f"tokens, {c['supervised']} supervised"), style="dim")
+        console.print(render_text(ex, tokenizer, image_token_id))
+    s = summary(examples, image_token_id)
+    console.print("── summary", style="dim")
+    console.print(escape(f"{s['rows']} rows ({', '.join(f'{k} {v}' for k, v in s['by_source'].items())}), template {tmpl}, "
+                  f"{s['mean_tokens']:.0f} tokens on average, longest {s['max_tokens']} of max_length {max_length}; "
+                  f"{100 * s['supervised_share']:.1f}% of tokens supervised"))
+    for origin, c in s["longest"]:
+        console.print(escape(f"  longest: {origin}: {c['total']} tokens ({c['image']} image)"))
+    if bad:
+        console.print(f"[red]{bad} invalid row(s) not shown: `vlx data validate` lists them[/red]")
+    path = write_html(examples[:max(n, 50)], tokenizer, image_token_id, html_out, title=f"vlx data preview: {data}")
+    console.print(escape(f"preview with images: {path}"))
+
+
+def _renderer(base: Path | None, preset: str | None, template: str | None):
+    """-> (tokenizer, image token id, image tokens per image, template, max_length) of a run or a preset."""
+    if preset is not None:
+        from vlx.config import ModelConfig
+        from vlx.model.build import build_llava, resolve
+
+        cfg = resolve(ModelConfig(preset=preset, template=template))
+        model, processor = build_llava(cfg)
+        return processor.tokenizer, model.config.image_token_id, model.config.image_seq_length, cfg.template, cfg.max_length
+    from transformers import AutoProcessor
+
+    from vlx.inputs import read_json
+    from vlx.model import trust
+    from vlx.model.build import ModelLoadError
+    from vlx.run import RunInfo, max_length
+
+    info = RunInfo.load(base)
+    if info is not None and info.kind == "finetune" and info.base:
+        base = Path(info.base)
+    if not (Path(base) / "config.json").exists():
+        raise ModelLoadError(f"--base {base}: not a run or LLaVA checkpoint directory (no config.json)")
+    config = read_json(Path(base) / "config.json")
+    processor = AutoProcessor.from_pretrained(base, trust_remote_code=trust.trust_remote_code())
+    tmpl = template or (info.template if info is not None else None)
+    if tmpl is None:
+        from vlx.train.finetune import _known_template
+
+        tmpl = _known_template(processor)
+    image_id = config.get("image_token_id", config.get("image_token_index"))
+    return processor.tokenizer, image_id, config.get("image_seq_length", 576), tmpl, max_length(base)
+
+
 # ---- data synth -------------------------------------------------------------------------------
 
 def _parse_mix(text: str) -> dict[str, float]:
