@@ -8,6 +8,7 @@ Nothing here changes the machine: it reads versions, devices and the cache direc
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -93,7 +94,7 @@ def diagnose() -> list[Check]:
         present = importlib.util.find_spec(name) is not None
         if name == "torchvision" and present:
             try:
-                import torchvision  # noqa: F401
+                importlib.import_module("torchvision")
             except Exception as e:  # noqa: BLE001 - installed but not loadable with this torch
                 checks.append(Check(name, f"installed but does not load ({type(e).__name__})", False,
                                     "pip uninstall torchvision (vlx does not need it), or install the build matching torch"))

@@ -83,6 +83,32 @@ def max_length(directory: str | Path | None) -> int:
 
 
 @contextlib.contextmanager
+def entry_lock(target: str | Path, what: str | None = None):
+    """Hold the lock of a cache entry while it is checked and, if absent, prepared.
+
+    A second process asking for the same entry waits here (saying so, once) and then finds it
+    complete instead of preparing it again; the lock is a file beside the entry (`filelock`), so
+    a killed holder releases it with its process.
+    """
+    import logging
+
+    from filelock import FileLock, Timeout
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.parent / f".{target.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logging.getLogger(__name__).warning("waiting for another process preparing %s", what or target)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
 def atomic_dir(target: str | Path, *, overwrite: bool = True):
     """Yield a temporary sibling directory; on success it replaces `target` in one rename.
 

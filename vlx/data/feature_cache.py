@@ -237,6 +237,18 @@ def fill_feature_cache(dataset: CachedFeatureDataset, model, *, batch_size: int 
     key), then `barrier` waits for all and every process re-reads the index. The tower runs under
     bf16 autocast when the cache's precision is bf16, like the training forward it replaces.
     """
+    if world_size == 1 and dataset.missing():
+        # Another process filling the same cache (a second run on the same data): one computes,
+        # the other waits and then reads its shards. Ranks of one job split the work instead.
+        from vlx.run import entry_lock
+
+        with entry_lock(dataset.cache.dir, f"the feature cache {dataset.cache.dir}"):
+            dataset.cache.refresh()
+            return _fill(dataset, model, batch_size, device, rank, world_size, barrier)
+    return _fill(dataset, model, batch_size, device, rank, world_size, barrier)
+
+
+def _fill(dataset, model, batch_size, device, rank, world_size, barrier) -> int:
     cache = dataset.cache
     todo = dataset.missing()[rank::world_size]
     tower = model.model.vision_tower

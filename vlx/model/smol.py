@@ -39,7 +39,7 @@ import zipfile
 from pathlib import Path
 
 from vlx.device import release_memory
-from vlx.run import atomic_dir
+from vlx.run import atomic_dir, entry_lock
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +219,13 @@ def llm_dir() -> Path:
     target = root / f"smollm2-135m-instruct-{GGUF_SHA256[:12]}"
     if _entry_ok(target, gguf_sha256=GGUF_SHA256):
         return target
+    with entry_lock(target, "the smol LLM"):
+        return _convert_llm(root, target)
+
+
+def _convert_llm(root: Path, target: Path) -> Path:
+    if _entry_ok(target, gguf_sha256=GGUF_SHA256):  # another process made it while this one waited
+        return target
     _sweep(target)
     wheel = wheel_path(root)
     log.info("converting %s to safetensors in %s (once)", GGUF_MEMBER, target)
@@ -299,6 +306,15 @@ def vision_dir(retrain: bool = False, **overrides) -> Path:
     root = cache_dir()
     target = root / f"smol-tower-{cfg.digest()}"
     if _entry_ok(target, config_digest=cfg.digest()):
+        return target
+    with entry_lock(target, "the smol tower"):
+        return _pretrain_tower(cfg, root, target)
+
+
+def _pretrain_tower(cfg, root: Path, target: Path) -> Path:
+    from vlx.model import tower
+
+    if _entry_ok(target, config_digest=cfg.digest()):  # another process trained it while this one waited
         return target
     _sweep(target)
     work = root / f".smol-tower-{cfg.digest()}.work"
