@@ -14,6 +14,13 @@ its own) from the same saved initial weights:
   - `vlx`: `LlavaTrainer` as `vlx train-base` runs it by default (modality-length grouping);
   - `vlx+packing`: the same with `--packing`;
   - `vlx+packing+cache`: also `--feature-cache`, the cache filled beforehand (its fill time is printed);
+- the LoRA fine-tune (LoRA on every Linear of the LLM, the projector trained fully beside it), on
+  street-scene extraction rows for `templates/poi.py` rendered as `vlx finetune` renders them, from
+  the same initial weights:
+  - `trl-lora`: `SFTTrainer` with `peft_config` (the same LoRA targets, rank, alpha and dropout,
+    `modules_to_save=["multi_modal_projector"]`), answers supervised as above;
+  - `vlx-lora`: `LlavaTrainer` as `vlx finetune` runs it (supervised-only logits, per-source loss);
+  - `vlx-lora+packing`: the same with `--packing`;
 - stage 1 (alignment: only the projector trains) over several epochs, with and without the feature
   cache (and with cache and packing); throughput is taken from the second epoch on.
 
@@ -44,6 +51,8 @@ from pathlib import Path
 import torch
 
 STAGE2 = ("trl", "vlx", "vlx+packing", "vlx+packing+cache")
+FINETUNE = ("trl-lora", "vlx-lora", "vlx-lora+packing")
+LORA = dict(r=64, alpha=128, dropout=0.05)  # the demo's LoRA for the 135M smol LLM
 STAGE1 = ("stage1", "stage1+cache", "stage1+packing+cache")
 
 
@@ -82,7 +91,21 @@ def make_data(work: Path, samples: int, image_size: int) -> dict[str, Path]:
         if not (d / "data.json").exists():
             synth(kind, d, samples, seed=0, image_size=image_size)
         out[kind] = d / ("mixture.yaml" if kind == "instruct" else "data.json")
+    if not (work / "poi" / "train.jsonl").exists():
+        synth("poi", work / "poi", samples, seed=0, image_size=224, splits=(1.0, 0.0, 0.0))
+    out["poi"] = work / "poi" / "train.jsonl"
     return out
+
+
+def extraction_rows(path: Path):
+    """The POI rows as `vlx finetune` turns them into conversations (canonical JSON answers, cue prompt)."""
+    from vlx.schema import format_prompt, load_schema, validate_rows
+    from vlx.train.finetune import _extraction_rows
+
+    Schema = load_schema(Path(__file__).resolve().parent.parent / "templates" / "poi.py")
+    report = validate_rows(path, Schema)
+    assert report.ok, report.format()
+    return _extraction_rows(report, format_prompt(Schema, style="cue"))
 
 
 # --- one configuration (child process) ---------------------------------------------------------
@@ -161,11 +184,21 @@ def run_one(name: str, args) -> dict:
     model, processor = load_llava(args.init)
     info = json.loads((Path(args.init) / "bench.json").read_text())
     template, max_length = info["template"], info["max_length"]
-    stage = "1" if name.startswith("stage1") else "2"
-    set_trainable(model, stage)
+    stage = "1" if name.startswith("stage1") else "lora" if name.endswith(("lora", "lora+packing")) else "2"
+    if stage == "lora":
+        from vlx.config import LoraConfig
+        from vlx.train.finetune import attach_lora
+
+        if name == "trl-lora":
+            for p in model.parameters():
+                p.requires_grad_(False)
+        else:
+            model = attach_lora(model, LoraConfig(**LORA))
+    else:
+        set_trainable(model, stage)
     precision = resolve_precision("auto")
     epochs = args.stage1_epochs if stage == "1" else 1
-    cfg = TrainConfig(learning_rate=1e-3 if stage == "1" else 5e-5, global_batch_size=args.global_batch,
+    cfg = TrainConfig(learning_rate={"1": 1e-3, "2": 5e-5, "lora": 1e-3}[stage], global_batch_size=args.global_batch,
                       per_device_batch_size=args.micro_batch, epochs=epochs,
                       max_steps=-1 if stage == "1" else args.steps, warmup_ratio=0.0, precision=precision,
                       logging_steps=1, seed=0)
@@ -173,16 +206,16 @@ def run_one(name: str, args) -> dict:
     pad = processor.tokenizer.pad_token_id
     work = Path(args.work)
     out_dir = work / "out" / name
-    data = args.captions if stage == "1" else args.instruct
+    data = {"1": args.captions, "2": args.instruct, "lora": args.poi}[stage]
     fill_s = None
+    rows = extraction_rows(Path(data)) if stage == "lora" else load_rows(data)
 
-    if name == "trl":
+    if name in ("trl", "trl-lora"):
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
         from vlx.data.dataset import open_image, row_turns
 
-        rows = load_rows(data)
         records = []
         for row in rows:
             turns = row_turns(row, template)
@@ -208,12 +241,19 @@ def run_one(name: str, args) -> dict:
             max_length=None, assistant_only_loss=True, gradient_checkpointing=cfg.gradient_checkpointing,
             dataloader_num_workers=0,
         )
+        peft = None
+        if stage == "lora":
+            from peft import LoraConfig as PeftLoraConfig
+
+            targets = [n for n, m in model.named_modules()
+                       if isinstance(m, torch.nn.Linear) and ".language_model." in f".{n}."]
+            peft = PeftLoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                  target_modules=targets, bias="none", modules_to_save=["multi_modal_projector"])
         cls, on_step = counting(SFTTrainer, pad)
         trainer = cls(model=model, args=sft, train_dataset=dataset, processing_class=processor,
-                      callbacks=[clock.callback()])
+                      callbacks=[clock.callback()], peft_config=peft)
     else:
         template_used = "plain" if stage == "1" else template
-        rows = load_rows(data)
         examples, bad = prepare(rows, processor.tokenizer, template=template_used,
                                 image_token_id=model.config.image_token_id,
                                 num_image_tokens=model.config.image_seq_length, max_length=max_length)
@@ -226,12 +266,14 @@ def run_one(name: str, args) -> dict:
             fill_feature_cache(dataset, model)
             fill_s = time.perf_counter() - t0
         packing = "packing" in name
-        collator = (PackingCollator(pad, packs_into_one_row(model), supervised_logits=True) if packing
-                    else Collator(pad))
+        sources = ("extraction", "chat") if stage == "lora" else None  # vlx finetune logs the loss per source
+        # vlx's defaults: logits only at supervised positions, padded or packed.
+        collator = (PackingCollator(pad, packs_into_one_row(model), supervised_logits=True, sources=sources) if packing
+                    else Collator(pad, sources=sources, supervised_logits=True))
         cls, on_step = counting(LlavaTrainer, pad)
         trainer = cls(model=model, args=training_args(cfg, out_dir), train_dataset=dataset, data_collator=collator,
                       modality_lengths=dataset.lengths, callbacks=[clock.callback()],
-                      compute_loss_func=supervised_loss if packing else None)
+                      compute_loss_func=supervised_loss, source_names=sources)
         trainer.args.save_strategy = "no"
 
     class StepTokens(TrainerCallback):
@@ -304,13 +346,14 @@ def main(argv=None) -> int:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--stage1-epochs", type=int, default=3)
     p.add_argument("--image-size", type=int, default=336, help="synthetic image side (LLaVA's data: 336 and up)")
-    p.add_argument("--only", default=",".join(STAGE2 + STAGE1), help="comma-separated subset of the runs")
+    p.add_argument("--only", default=",".join(STAGE2 + FINETUNE + STAGE1), help="comma-separated subset of the runs")
     p.add_argument("--work", help="working directory (default: a temporary one)")
     p.add_argument("--json", help="write all results here")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--init", help=argparse.SUPPRESS)
     p.add_argument("--captions", help=argparse.SUPPRESS)
     p.add_argument("--instruct", help=argparse.SUPPRESS)
+    p.add_argument("--poi", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.one:
@@ -333,7 +376,7 @@ def main(argv=None) -> int:
     results = {}
     for name in args.only.split(","):
         cmd = [sys.executable, __file__, "--one", name, "--init", str(init), "--work", str(work),
-               "--captions", str(data["captions"]), "--instruct", str(data["instruct"]),
+               "--captions", str(data["captions"]), "--instruct", str(data["instruct"]), "--poi", str(data["poi"]),
                "--steps", str(args.steps), "--global-batch", str(args.global_batch),
                "--micro-batch", str(args.micro_batch), "--stage1-epochs", str(args.stage1_epochs)]
         t = time.time()
@@ -352,11 +395,16 @@ def main(argv=None) -> int:
 
 
 def report(results: dict, args) -> None:
+    from vlx.device import cpu_has_bf16
+    from vlx.doctor import _cpu_flags
+
     any_result = next(iter(results.values()))
-    print(f"\npreset {'tiny' if args.quick else 'smol'}, {any_result['device']}, {any_result['precision']}; "
-          f"global batch {args.global_batch} (micro-batch {args.micro_batch}); {args.samples} rows per stage")
-    header = (f"{'run':<22}{'samples/s':>10}{'tokens/s':>10}{'samples/cpu-s':>15}{'peak MB':>9}{'final loss':>16}"
-              "  notes")
+    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in _cpu_flags()) or "no AVX2"
+    print(f"\npreset {'tiny' if args.quick else 'smol'}, {any_result['device']}; CPU {os.cpu_count()} cores, flags "
+          f"{flags} (native bf16: {'yes' if cpu_has_bf16() else 'no'}); global batch {args.global_batch} "
+          f"(micro-batch {args.micro_batch}); {args.samples} rows per stage")
+    header = (f"{'run':<22}{'precision':>10}{'samples/s':>10}{'tokens/s':>10}{'samples/cpu-s':>15}{'peak MB':>9}"
+              f"{'final loss':>16}  notes")
     print(header)
     print("-" * len(header))
     for name, r in results.items():
@@ -366,13 +414,22 @@ def report(results: dict, args) -> None:
         if r["first_epoch_s"] is not None:
             notes.append(f"epoch 1 {r['first_epoch_s']:.1f} s; measured epochs 2+")
         loss = f"{r['final_loss']:.3f}±{r['loss_spread']:.3f}"
-        print(f"{name:<22}{r['samples_per_s']:>10.2f}{r['tokens_per_s']:>10.0f}{r['samples_per_cpu_s']:>15.2f}"
+        print(f"{name:<22}{r['precision']:>10}{r['samples_per_s']:>10.2f}{r['tokens_per_s']:>10.0f}{r['samples_per_cpu_s']:>15.2f}"
               f"{r['peak_mb']:>9.0f}{loss:>16}  " + "; ".join(notes))
     if "trl" in results:
         for name in ("vlx", "vlx+packing", "vlx+packing+cache"):
             if name in results:
                 print(f"{name} / trl: {results[name]['samples_per_s'] / results['trl']['samples_per_s']:.2f}x samples/s, "
                       f"{results[name]['samples_per_cpu_s'] / results['trl']['samples_per_cpu_s']:.2f}x samples/cpu-s")
+    if "trl-lora" in results:
+        for name in ("vlx-lora", "vlx-lora+packing"):
+            if name in results:
+                print(f"{name} / trl-lora: {results[name]['samples_per_s'] / results['trl-lora']['samples_per_s']:.2f}x "
+                      f"samples/s, {results[name]['samples_per_cpu_s'] / results['trl-lora']['samples_per_cpu_s']:.2f}x "
+                      "samples/cpu-s")
+    if "vlx-lora" in results and "vlx-lora+packing" in results:
+        print(f"vlx-lora+packing / vlx-lora: "
+              f"{results['vlx-lora+packing']['samples_per_s'] / results['vlx-lora']['samples_per_s']:.2f}x samples/s")
     if "stage1" in results and "stage1+cache" in results:
         ratio = results["stage1+cache"]["samples_per_s"] / results["stage1"]["samples_per_s"]
         cpu_ratio = results["stage1+cache"]["samples_per_cpu_s"] / results["stage1"]["samples_per_cpu_s"]

@@ -224,3 +224,20 @@ def test_differing_fields_names_the_leaves():
         ["pois[0].hours", "pois[0].name"]
     assert differing_fields({"pois": []}, target) == ["pois", "pois[0].address.street", "pois[0].hours", "pois[0].name"]
     assert differing_fields(None, target) == ["pois[0].address.street", "pois[0].hours", "pois[0].name"]
+
+
+def test_finetune_with_packing_logs_the_same_losses_per_source(base_and_rows, colour_data, tmp_path):
+    root = base_and_rows
+    common = ["finetune", "--schema", str(POI), "--base", str(root / "base"), "--data", str(root / "rows.jsonl"),
+              "--chat-data", str(colour_data / "instruct.json"), "--chat-ratio", "0.5", "--max-steps", "3",
+              "--val-fraction", "0", "--lora-dropout", "0", "--global-batch-size", "4", "--per-device-batch-size", "4"]
+    logs = {}
+    for name, extra in (("padded", []), ("packed", ["--packing"])):
+        result = runner.invoke(app, [*common, "--out", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        logs[name] = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                      if "loss" in json.loads(line)]
+    assert len(logs["padded"]) == 3
+    for padded, packed in zip(logs["padded"], logs["packed"]):
+        for key in ("loss", "loss_extraction", "loss_chat"):
+            assert key in padded and packed[key] == pytest.approx(padded[key], rel=1e-4, abs=2e-4), (key, padded, packed)

@@ -170,6 +170,7 @@ def finetune_cmd(
     format_prompt: Annotated[Optional[str], typer.Option(help="Override the schema-derived format prompt ('' trains without one).")] = None,
     task: Annotated[Optional[str], typer.Option(help="Task instruction opening the derived format prompt.")] = None,
     prompt_style: Annotated[Optional[str], typer.Option(help="Derived format prompt: cue (one line: the task, 'Answer in JSON.') or schema (every field spelled out).")] = None,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack each micro-batch without padding (same loss and per-source losses; needs SDPA, eager or flash attention).")] = None,
     spell_fields: Annotated[Optional[str], typer.Option(help="Comma-separated JSON keys whose string values are trained one character per token (e.g. name,street).")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Train on valid rows; write the invalid ones to rejected.jsonl.")] = False,
     lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (LLaVA: 128).")] = None,
@@ -208,7 +209,7 @@ def finetune_cmd(
         data_cfg = merge(FinetuneDataConfig, yaml_cfg.get("data", {}), dict(
             data=data, val_data=val_data, val_fraction=val_fraction, image_folder=image_folder,
             chat_data=chat_data, chat_ratio=chat_ratio, format_prompt=format_prompt, task=task,
-            prompt_style=prompt_style, skip_invalid=skip_invalid or None,
+            prompt_style=prompt_style, skip_invalid=skip_invalid or None, packing=packing,
             spell_fields=tuple(k.strip() for k in spell_fields.split(",") if k.strip()) if spell_fields else None))
         preset = _base_preset(base)
         train_cfg = merge(TrainConfig, PRESETS[preset].finetune, yaml_cfg.get("train", {}), dict(

@@ -182,6 +182,9 @@ class FinetuneDataConfig:
     `templates/poi.py`); measured side by side in bench/RESULTS.md."""
     skip_invalid: bool = False
     """Train on the valid rows and write the invalid ones to `rejected.jsonl` instead of stopping."""
+    packing: bool = False
+    """Pack each micro-batch's samples without padding (`vlx.data.packing`); loss and per-source
+    losses unchanged."""
 
     def __post_init__(self):
         if self.chat_ratio < 0:

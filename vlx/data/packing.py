@@ -91,6 +91,8 @@ class PackingCollator:
     """Tokens per row when not `one_row`; None: the longest sample of each micro-batch."""
     supervised_logits: bool = False
     """Also pass `logits_to_keep` (train with `compute_loss_func=supervised_loss`)."""
+    sources: tuple[str, ...] | None = None
+    """Pass `source_ids`, each token's data source index, for per-source loss logging."""
 
     def __call__(self, batch: list[dict]) -> dict:
         lengths = [len(b["input_ids"]) for b in batch]
@@ -99,6 +101,7 @@ class PackingCollator:
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        source_ids = torch.zeros((len(rows), width), dtype=torch.long)
         pixels, features = [], []
         for r, row in enumerate(rows):
             start = 0
@@ -108,6 +111,8 @@ class PackingCollator:
                 input_ids[r, start:start + n] = torch.tensor(b["input_ids"])
                 labels[r, start + 1:start + n] = torch.tensor(b["labels"][1:])  # nothing predicted across samples
                 position_ids[r, start:start + n] = torch.arange(n)
+                if self.sources is not None:
+                    source_ids[r, start:start + n] = self.sources.index(b["source"])
                 start += n
                 if b.get("pixel_values") is not None:
                     pixels.append(b["pixel_values"])
@@ -121,6 +126,8 @@ class PackingCollator:
             out["pixel_values"] = torch.stack(pixels)  # (n_images, 3, S, S), in packed order
         if features:
             out["vision_features"] = torch.stack(features)  # (n_images, tokens, width), in packed order
+        if self.sources is not None:
+            out["source_ids"] = source_ids  # (rows, L): per token, since a row holds several samples
         if self.supervised_logits:
             out["logits_to_keep"] = supervised_positions(labels)
         return out

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from vlx.eval.fields import field_metrics, format_table
+from vlx.train.tracking import differing_fields
 from vlx.run import RunInfo, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def evaluate_predictions(predictions: list, rows: list, Schema: type[BaseModel],
     """Field metrics of `predictions` (instances, dicts, JSON text or None) against `rows`' targets.
 
     With `out_dir`, writes `metrics.json`, `report.md` (each field beside its majority-class
-    baseline) and `predictions.jsonl` (with `errors[i]`, why row i has no valid prediction).
+    baseline) and `predictions.jsonl` (with `errors[i]`, why row i has no valid prediction, and
+    the fields that differ from the target).
     """
     errors = errors or [None] * len(rows)
     report = field_metrics(predictions, [r.target for r in rows], Schema)
@@ -74,8 +76,11 @@ def evaluate_predictions(predictions: list, rows: list, Schema: type[BaseModel],
             with (tmp / "predictions.jsonl").open("w") as f:
                 for row, pred, error in zip(rows, predictions, errors):
                     text = pred.model_dump_json() if isinstance(pred, BaseModel) else pred
+                    target = row.target.model_dump(mode="json")
+                    value = pred.model_dump(mode="json") if isinstance(pred, BaseModel) else None
                     f.write(json.dumps({"row": row.row, "image": str(row.image), "prediction": text, "error": error,
-                                        "target": row.target.model_dump(mode="json")}, ensure_ascii=False) + "\n")
+                                        "target": target, "differs": differing_fields(value, target)},
+                                       ensure_ascii=False) + "\n")
     return report
 
 

@@ -40,7 +40,7 @@ from vlx.run import max_length as run_max_length
 from vlx.schema import check_supported, format_prompt, json_schema, load_schema, validate_rows
 from vlx.train import tracking
 from vlx.train.base import training_args
-from vlx.data.packing import supervised_loss
+from vlx.data.packing import PackingCollator, packs_into_one_row, supervised_loss
 from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, trainable_summary
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     model, processor = _load_base(base, lora_cfg)
     template = base_info.template if base_info else _known_template(processor)
     model = attach_lora(model, lora_cfg)
+    one_row = packs_into_one_row(model) if data_cfg.packing else False  # an unsupported attention fails here
     log.info("trainable parameters: %s", trainable_summary(model))
 
     rows = _extraction_rows(report, fmt) + _chat_rows(data_cfg, len(train_rows), out, train_cfg.seed)
@@ -263,7 +264,9 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
         args=args,
         train_dataset=dataset,
         # Logits only where the next token is supervised: the answers, a small share of each sample.
-        data_collator=Collator(processor.tokenizer.pad_token_id, sources=SOURCES, supervised_logits=True),
+        data_collator=(PackingCollator(processor.tokenizer.pad_token_id, one_row, supervised_logits=True, sources=SOURCES)
+                       if data_cfg.packing else
+                       Collator(processor.tokenizer.pad_token_id, sources=SOURCES, supervised_logits=True)),
         compute_loss_func=supervised_loss,
         projector_lr=train_cfg.projector_lr,
         modality_lengths=dataset.lengths,

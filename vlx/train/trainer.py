@@ -71,18 +71,25 @@ class LlavaTrainer(Trainer):
 
     @torch.no_grad()
     def _track_source_loss(self, logits, labels, source_ids, kept=None) -> None:
-        # `kept`: the logits are those of positions `kept` only (Collator(supervised_logits=True)).
-        targets = labels[:, 1:] if kept is None else labels[:, 1:][:, kept]
-        logits = logits[:, :-1] if kept is None else logits
+        """Accumulate each data source's token loss. `source_ids`: one id per row (padded batches) or
+        per token (packed rows, `PackingCollator(sources=...)`); `kept`: the logits are those of
+        positions `kept` only (`supervised_logits=True`)."""
+        if source_ids.dim() == 1:
+            source_ids = source_ids[:, None].expand_as(labels)
+        targets, sources = labels[:, 1:], source_ids[:, 1:].to(labels.device)  # the source of the predicted token
+        if kept is None:
+            logits = logits[:, :-1]
+        else:
+            targets, sources = targets[:, kept], sources[:, kept]
         # Row by row: a (batch, length, vocab) float copy of the logits would double peak memory.
         for row in range(labels.shape[0]):
-            target = targets[row]
-            mask = target != IGNORE_INDEX
+            mask = targets[row] != IGNORE_INDEX
             if not mask.any():
                 continue
-            token_loss = F.cross_entropy(logits[row][mask].float(), target[mask], reduction="sum")
-            self._source_loss[source_ids[row]] += token_loss.item()
-            self._source_tokens[source_ids[row]] += mask.sum().item()
+            token_loss = F.cross_entropy(logits[row][mask].float(), targets[row][mask], reduction="none")
+            src = sources[row][mask].cpu()
+            self._source_loss.index_add_(0, src, token_loss.double().cpu())
+            self._source_tokens.index_add_(0, src, torch.ones(len(src), dtype=torch.float64))
 
     def log(self, logs, *args, **kwargs):
         if self.source_names and "loss" in logs:
