@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 from pydantic import BaseModel
 
-from vlx.data.templates import JINJA, Turn, answer_prefix, prompt_text
+from vlx.data.templates import Turn, answer_prefix, prompt_text
 from vlx.decode import ConstrainedDecoder, DecodeConfig, ExtractionError, generate
 from vlx.inputs import InputError, open_image
 from vlx.model import trust
-from vlx.model.build import ModelLoadError, load_llava
+from vlx.model.build import ModelLoadError, load_llava, resolve_checkpoint
 from vlx.model.llava import IMAGE_TOKEN
 from vlx.run import RunInfo
 from vlx.schema import SchemaError, check_supported, format_prompt, grammar_schema, load_schema
@@ -201,8 +201,15 @@ def _field_lines(node: dict, path: str = "") -> list[str]:
 
 
 def _template_of(processor) -> str | None:
-    chat = getattr(processor, "chat_template", None)
-    return next((name for name, jinja in JINJA.items() if jinja == chat), None)
+    """The vlx template that renders like the checkpoint's own (`vlx.model.families.training_template`);
+    None: prompt with the processor's chat template as it is."""
+    from vlx.config import ConfigError
+    from vlx.model.families import training_template
+
+    try:
+        return training_template(processor)
+    except ConfigError:
+        return None
 
 
 def load(run: str | Path | Extractor, *, device: str | None = None, dtype: torch.dtype | None = None,
@@ -220,9 +227,10 @@ def load(run: str | Path | Extractor, *, device: str | None = None, dtype: torch
     """
     if isinstance(run, Extractor):
         return run
-    path = Path(run)
+    path = resolve_checkpoint(run)
     if not path.is_dir():
-        raise ModelLoadError(f"{path} is not a directory; give a vlx run directory or a LLaVA checkpoint directory")
+        raise ModelLoadError(f"{path} is not a directory; give a vlx run directory, a LLaVA checkpoint directory "
+                             "or a hub id")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     info = RunInfo.load(path)

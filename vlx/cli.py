@@ -30,9 +30,11 @@ def _user_errors():
     from vlx.data.formats import DataError
     from vlx.inputs import InputError
     from vlx.model.build import ModelLoadError
+    from vlx.model.families import FamilyError
     from vlx.model.trust import TrustError
 
-    return (ConfigError, DataError, InputError, ModelLoadError, TrustError, FileExistsError, FileNotFoundError)
+    return (ConfigError, DataError, InputError, ModelLoadError, FamilyError, TrustError, FileExistsError,
+            FileNotFoundError)
 
 
 # Options of every command that reads models or images it did not write (`vlx.model.trust`, `vlx.inputs`).
@@ -403,9 +405,9 @@ def _renderer(base: Path | None, preset: str | None, template: str | None):
     processor = AutoProcessor.from_pretrained(base, trust_remote_code=trust.trust_remote_code())
     tmpl = template or (info.template if info is not None else None)
     if tmpl is None:
-        from vlx.train.finetune import _known_template
+        from vlx.model.families import training_template
 
-        tmpl = _known_template(processor)
+        tmpl = training_template(processor)
     image_id = config.get("image_token_id", config.get("image_token_index"))
     return processor.tokenizer, image_id, config.get("image_seq_length", 576), tmpl, max_length(base)
 

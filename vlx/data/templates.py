@@ -16,6 +16,9 @@ Templates:
 - `vicuna_v1` (LLaVA stage 2, `conv_vicuna_v1`), character-exact with the reference:
   `"{system} USER: {q} ASSISTANT: {a}</s>USER: {q2} ASSISTANT: {a2}</s>"`.
 - `chatml` (SmolLM2, Qwen2): `<|im_start|>role\\ncontent<|im_end|>\\n`.
+- `llava_hf` (llava-hf LLaVA-1.5 checkpoints): `vicuna_v1` without the system prompt, whose
+  generation prompt `"USER: {q} ASSISTANT:"` is the checkpoint's own template's; unlike that
+  template, the answer's `</s>` is supervised, so the fine-tuned model learns to stop.
 
 Only assistant answers and their end token are supervised; the reference code masks a whole
 sample when its token counts disagree and prints a warning. Here a mismatch cannot happen by
@@ -38,7 +41,7 @@ VICUNA_SYSTEM = (
 )
 CHATML_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
-TEMPLATES = ("plain", "vicuna_v1", "chatml")
+TEMPLATES = ("plain", "vicuna_v1", "chatml", "llava_hf")
 
 
 class SampleError(ValueError):
@@ -97,8 +100,11 @@ def render(template: str, turns: list[Turn], *, eos_token: str = "</s>", system:
         segments.append(Segment(IMAGE_TOKEN if IMAGE_TOKEN in turns[0].user else "", False))
         if turns[0].assistant is not None:
             segments.append(Segment(turns[0].assistant + "\n", True))
-    elif template == "vicuna_v1":
-        prefix = (VICUNA_SYSTEM if system is None else system) + " "
+    elif template in ("vicuna_v1", "llava_hf"):
+        if template == "llava_hf":
+            prefix = f"{system} " if system else ""
+        else:
+            prefix = (VICUNA_SYSTEM if system is None else system) + " "
         for turn in turns:
             segments.append(Segment(f"{prefix}USER: {turn.user} ASSISTANT:", False))
             if turn.assistant is not None:
@@ -128,7 +134,7 @@ def _merge(segments: list[Segment]) -> list[Segment]:
 
 def answer_prefix(template: str) -> str:
     """Text the trained model emits between the prompt and the answer proper (vicuna: a space)."""
-    return " " if template == "vicuna_v1" else ""
+    return " " if template in ("vicuna_v1", "llava_hf") else ""
 
 
 def prompt_text(template: str, turns: list[Turn], *, system: str | None = None) -> str:
@@ -259,6 +265,13 @@ JINJA = {
         + VICUNA_SYSTEM.replace("'", "\\'")
         + "') + ' ' }}{%- endif -%}"
         "{%- if message['role'] == 'user' -%}{{ 'USER: ' }}" + _CONTENT + "{{ ' ASSISTANT:' }}"
+        "{%- elif message['role'] == 'assistant' -%}{{ ' ' }}" + _CONTENT + "{{ '</s>' }}"
+        "{%- endif -%}{%- endfor -%}"
+    ),
+    "llava_hf": (
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'system' -%}{{ message['content'] + ' ' }}"
+        "{%- elif message['role'] == 'user' -%}{{ 'USER: ' }}" + _CONTENT + "{{ ' ASSISTANT:' }}"
         "{%- elif message['role'] == 'assistant' -%}{{ ' ' }}" + _CONTENT + "{{ '</s>' }}"
         "{%- endif -%}{%- endfor -%}"
     ),

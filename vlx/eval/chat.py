@@ -34,19 +34,23 @@ SAMPLES_IN_REPORT = 8
 
 
 def leaks_json(answer: str) -> bool:
-    """True when a chat answer is JSON: it starts with `{`/`[`, or the whole answer parses as JSON.
+    """True when a chat answer is JSON: it starts with `{`/`[`, or the whole answer parses as a JSON
+    value other than a number (a quoted string, `null`, `true`/`false`).
 
-    >>> leaks_json('{"pois": []}'), leaks_json("42"), leaks_json("The shop is a bakery.")
-    (True, True, False)
+    A bare number is an ordinary short chat answer ("How many shapes are there?" -> "1"), not the
+    extraction format leaking into chat, even though `json.loads` accepts it.
+
+    >>> leaks_json('{"pois": []}'), leaks_json("null"), leaks_json("42"), leaks_json("The shop is a bakery.")
+    (True, True, False, False)
     """
     text = answer.strip()
     if text.startswith(("{", "[")):
         return True
     try:
-        json.loads(text)
+        value = json.loads(text)
     except ValueError:
         return False
-    return True
+    return isinstance(value, bool) or not isinstance(value, (int, float))
 
 
 def load_chat_rows(data: str | Path, *, limit: int | None = None):

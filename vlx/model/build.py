@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -204,9 +205,32 @@ def _eos_ids(tokenizer, template: str) -> list[int]:
     return sorted(set(i for i in ids if i is not None))
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_checkpoint(source: str | Path) -> Path:
+    """A local checkpoint directory as it is, or a hub id (`llava-hf/llava-1.5-7b-hf`) downloaded into
+    the Hugging Face cache (safetensors, configs and tokenizer files; pickle weights only with
+    `--allow-pickle`) -> its local directory."""
+    path = Path(source).expanduser()
+    if path.exists() or not HUB_ID.match(str(source)):
+        return path
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    if trust.allow_pickle():
+        patterns.append("*.bin")
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated: all mean "cannot fetch"
+        raise ModelLoadError(f"cannot fetch {source!r} from the Hugging Face hub ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]}); on a machine with access run "
+                             f"`huggingface-cli download {source} --local-dir DIR` and give DIR") from None
+
+
 def load_llava(path: str | Path, *, dtype: torch.dtype = torch.float32):
-    """Load a saved LLaVA directory (vlx run or any llava-hf checkpoint) -> (model, processor)."""
-    path = Path(path)
+    """Load a saved LLaVA directory or hub id (vlx run or any llava-hf checkpoint) -> (model, processor)."""
+    path = resolve_checkpoint(path)
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path} is not a model directory (no config.json); give a `vlx train-base` output "
                              "directory or a llava-hf checkpoint")
@@ -218,8 +242,9 @@ def load_llava(path: str | Path, *, dtype: torch.dtype = torch.float32):
     except (InputError, AttributeError) as e:
         raise ModelLoadError(f"{path}/config.json is not a model config ({e}); the checkpoint is damaged: "
                              "copy it again or re-save it with save_pretrained") from None
-    if model_type != "llava":
-        raise ModelLoadError(f"{path} holds a {model_type!r} model, not a LLaVA checkpoint")
+    from vlx.model.families import family_of
+
+    family_of(model_type)  # a family vlx cannot run yet is refused here, in one line
     try:
         model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, **trust.hub_kwargs())
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust.trust_remote_code())

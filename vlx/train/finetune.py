@@ -32,7 +32,8 @@ from vlx.config import ConfigError, FinetuneDataConfig, LoraConfig, TrainConfig,
 from vlx.data.dataset import Collator, LlavaDataset, prepare, report_problems
 from vlx.data.formats import DataError, Row, load_rows
 from vlx.device import device
-from vlx.model.build import ModelLoadError, load_llava
+from vlx.model.build import ModelLoadError, load_llava, resolve_checkpoint
+from vlx.model.families import Family, family_of, family_of_checkpoint, lora_targets, training_template
 from vlx.model.llava import IMAGE_TOKEN
 from vlx.plot import plot_metrics
 from vlx.run import RunInfo
@@ -48,18 +49,19 @@ log = logging.getLogger(__name__)
 SOURCES = ("extraction", "chat")
 
 
-def attach_lora(model, cfg: LoraConfig):
-    """LoRA on every Linear of the LLM (not the projector, the vision tower or lm_head)."""
+def attach_lora(model, cfg: LoraConfig, family: Family | None = None):
+    """LoRA on the language model's Linear layers (the family's pattern: never the vision tower, the
+    connector or lm_head), the connector trained fully beside it (`modules_to_save`)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    targets = [name for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and ".language_model." in f".{name}."]
+    family = family or family_of(model.config)
+    targets = lora_targets(model, family)
     if not targets:
-        raise ModelLoadError("found no Linear layers under model.language_model to put LoRA on")
+        raise ModelLoadError(f"found no Linear layers matching {family.lora_pattern} to put LoRA on")
     peft_cfg = PeftLoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none",
-        modules_to_save=["multi_modal_projector"] if cfg.train_projector else None,
+        modules_to_save=[family.connector.rsplit(".", 1)[-1]] if cfg.train_projector else None,
     )
     for p in model.parameters():
         p.requires_grad_(False)
@@ -186,7 +188,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
              resume: bool = False, deepspeed: str | None = None) -> Path:
     """LoRA-fine-tune `base` on schema extraction rows with chat replay; returns the run directory."""
     # 1. Config and schema: the contract is checked before anything heavy loads.
-    base, out, schema = Path(base).resolve(), Path(out), Path(schema)
+    base, out, schema = resolve_checkpoint(base).resolve(), Path(out), Path(schema)
     _check_qlora(lora_cfg)
     tracking.check_report_to(train_cfg.report_to)
     Schema = load_schema(schema, schema_class)
@@ -199,6 +201,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     base_info = RunInfo.load(base)
     if base_info is None and not (base / "config.json").exists():
         raise ModelLoadError(f"--base {base}: not a vlx run or LLaVA checkpoint (no config.json)")
+    family_of_checkpoint(base)  # a family vlx cannot fine-tune yet is refused before the data is read
 
     # 2. Data: every extraction row validated (all problems at once), then tokenized with the chat rows.
     report = validate_rows(data_cfg.data, Schema, image_folder=data_cfg.image_folder)
@@ -227,8 +230,12 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
 
     # 3. Model: the base, frozen, with LoRA on the LLM and the projector trainable.
     model, processor = _load_base(base, lora_cfg)
-    template = base_info.template if base_info else _known_template(processor)
-    model = attach_lora(model, lora_cfg)
+    family = family_of(model.config)
+    template = base_info.template if base_info else training_template(processor)
+    from transformers import set_seed
+
+    set_seed(train_cfg.seed)  # LoRA's initial A matrices: the same adapter for the same seed, in any process
+    model = attach_lora(model, lora_cfg, family)
     one_row = packs_into_one_row(model) if data_cfg.packing else False  # an unsupported attention fails here
     log.info("trainable parameters: %s", trainable_summary(model))
 
@@ -293,12 +300,3 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     trainer.accelerator.wait_for_everyone()
     return out
 
-
-def _known_template(processor) -> str:
-    from vlx.data.templates import JINJA
-
-    for name, jinja in JINJA.items():
-        if jinja == getattr(processor, "chat_template", None) and name != "plain":
-            return name
-    raise ConfigError("the base model's chat template is not one vlx trains with (vicuna_v1, chatml); "
-                      "fine-tune a `vlx train-base` run, or convert the checkpoint's template first")

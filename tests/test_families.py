@@ -1,0 +1,118 @@
+"""The family table: llava-hf checkpoints fine-tune and extract, other families are refused in one line."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vlx.cli import app
+from vlx.model.families import FAMILIES, FamilyError, family_of, lora_targets, training_template
+
+runner = CliRunner()
+POI = Path(__file__).resolve().parent.parent / "templates" / "poi.py"
+
+# The layout llava-hf's LLaVA-1.5 checkpoints render: "USER: <image>\n{text} ASSISTANT:", answers
+# followed by a space and no end-of-turn token, no system prompt.
+LLAVA_HF_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ part['text'] + ' ' }}{% endgeneration %}"
+    "{% else %}{{ part['text'] + ' ' }}{% endif %}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def llava_hf(tmp_path_factory):
+    """A tiny LLaVA checkpoint laid out as llava-hf ships one: its own chat template, no vlx files."""
+    from vlx import ModelConfig, build_llava
+
+    model, processor = build_llava(ModelConfig(preset="tiny"))
+    processor.chat_template = LLAVA_HF_TEMPLATE
+    path = tmp_path_factory.mktemp("hf") / "llava-1.5-tiny-hf"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    assert not (path / "vlx_run.json").exists()
+    return path
+
+
+def test_llava_hf_template_is_matched_by_rendering(llava_hf):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(llava_hf)
+    probe = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    assert processor.apply_chat_template(probe, add_generation_prompt=True, tokenize=False) == \
+        "USER: <image>\nWhat is it? ASSISTANT:"
+    assert training_template(processor) == "llava_hf"
+
+
+def test_finetune_and_extract_on_a_llava_hf_checkpoint(llava_hf, tmp_path):
+    target = {"pois": [{"name": "Nord", "category": "cafe", "address": {"house_number": "1", "street": None},
+                        "phone": None, "website": None, "opening_hours": [], "open_24h": False}]}
+    for i in range(4):
+        Image.new("RGB", (32, 32), (40 * i, 90, 160)).save(tmp_path / f"s{i}.png")
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"image": f"s{i}.png", "target": target}) + "\n"
+                                                 for i in range(4)))
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(llava_hf), "--data",
+                                 str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "ft"), "--max-steps", "1",
+                                 "--chat-ratio", "0", "--val-fraction", "0"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    info = json.loads((tmp_path / "ft" / "vlx_run.json").read_text())
+    assert info["template"] == "llava_hf"
+    # The answer ends with </s>, supervised: what llava-hf's own template never trains.
+    preview = runner.invoke(app, ["data", "preview", str(tmp_path / "rows.jsonl"), "--base", str(llava_hf),
+                                  "--schema", str(POI), "--n", "1", "--html", str(tmp_path / "p.html")])
+    assert preview.exit_code == 0, preview.output
+    assert "template llava_hf" in preview.output and "ASSISTANT:" in preview.output
+    page = (tmp_path / "p.html").read_text()
+    assert re.search(r'class="sup">[^<]*&lt;/s&gt;</span>', page), "the end-of-turn token is not supervised"
+    result = runner.invoke(app, ["extract", "--model", str(tmp_path / "ft"), str(tmp_path / "s0.png")])
+    assert result.exit_code == 0, result.output
+    [line] = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+    assert "pois" in line["result"]
+
+
+def test_unsupported_families_are_refused_in_one_line(tmp_path):
+    (tmp_path / "qwen").mkdir()
+    (tmp_path / "qwen" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    (tmp_path / "rows.jsonl").write_text("{}\n")
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(tmp_path / "qwen"), "--data",
+                                 str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "ft")])
+    assert result.exit_code == 2
+    [line] = [x for x in result.stderr.splitlines() if x.strip()]
+    assert "'qwen2_vl' checkpoints are not supported by vlx yet" in line and "with: llava" in line
+    result = runner.invoke(app, ["extract", "--model", str(tmp_path / "qwen"), "--schema", str(POI), "x.png"])
+    assert result.exit_code == 2 and "'qwen2_vl' checkpoints are not supported" in result.stderr
+    with pytest.raises(FamilyError, match="'fancy_vlm' checkpoints"):
+        family_of("fancy_vlm")
+
+
+def test_lora_patterns_never_reach_a_vision_block(tiny):
+    model, _ = tiny
+    targets = lora_targets(model, FAMILIES["llava"])
+    assert targets and all(t.startswith("model.language_model.layers.") for t in targets)
+    assert not any("vision" in t or "projector" in t for t in targets)
+    qwen = re.compile(FAMILIES["qwen2_5_vl"].lora_pattern)
+    assert qwen.match("model.language_model.layers.3.mlp.gate_proj")
+    assert not qwen.match("model.visual.blocks.3.mlp.gate_proj")  # Qwen2.5-VL's vision MLP has gate_proj too
+    assert not qwen.match("model.visual.blocks.0.attn.qkv")
+    smol = re.compile(FAMILIES["smolvlm"].lora_pattern)
+    assert smol.match("model.text_model.layers.0.self_attn.q_proj")
+    assert not smol.match("model.vision_model.encoder.layers.0.self_attn.q_proj")
+
+
+def test_a_hub_id_that_cannot_be_fetched_says_how_to_get_it(monkeypatch):
+    from vlx.model.build import ModelLoadError, resolve_checkpoint
+
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
+    with pytest.raises(ModelLoadError, match=r"huggingface-cli download llava-hf/no-such-model-here --local-dir DIR"):
+        resolve_checkpoint("llava-hf/no-such-model-here")

@@ -1,0 +1,146 @@
+"""The model families vlx knows, as plain data: where each part lives, what LoRA may touch, how it chats.
+
+    family = family_of(config)            # a `Family` row, or `FamilyError` saying what is supported
+    template = training_template(processor)   # the vlx template that renders like the checkpoint's
+
+One row per `model_type` of transformers' image-text-to-text models. A row says where the language
+model, the connector and the vision tower live, the pattern LoRA targets (linear layers of the
+language model only: suffixes such as `q_proj` and `gate_proj` also exist in CLIP, SigLIP and
+Qwen vision blocks, so the pattern is anchored at the language model's path), which module trains
+fully beside LoRA, and whether vlx can fine-tune and extract with it today. A family that is listed
+but not `supported` is refused at start with one line; the facts are kept so that supporting it is
+filling in its row, not writing a special path.
+
+vlx's own LLaVA runs and llava-hf LLaVA-1.5 checkpoints are the `llava` row: the same
+`LlavaForConditionalGeneration`, told apart by their chat templates. vlx trains with a template of
+its own that renders the checkpoint's generation prompt byte for byte (`training_template`) and
+supervises the end-of-turn token, which llava-hf's template leaves out (a model trained on it never
+learns to stop).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_LM_LAYERS = r"\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$"
+
+
+class FamilyError(ValueError):
+    """A checkpoint of a family vlx cannot fine-tune or extract with yet; the message says which can."""
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    language_model: str
+    """Module path of the language model (its decoder layers are LoRA's targets)."""
+    connector: str
+    """Module trained fully beside LoRA (LLaVA's `--tune_mm_mlp_adapter` counterpart)."""
+    vision: str
+    lora_pattern: str
+    """Full-path regex of the Linear layers LoRA wraps: the language model's only."""
+    supported: bool = False
+    """vlx fine-tunes, extracts and exports with it today."""
+    note: str = ""
+
+
+def _pattern(*lm_paths: str) -> str:
+    return r"^(" + "|".join(re.escape(p) for p in lm_paths) + r")" + _LM_LAYERS
+
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (
+    Family("llava", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
+           _pattern("model.language_model"), supported=True,
+           note="vlx train-base runs and llava-hf LLaVA-1.5 (template matched by rendering)"),
+    Family("llava_next", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
+           _pattern("model.language_model"), note="anyres image tokens through the processor: not yet"),
+    Family("qwen2_vl", "model.language_model", "model.visual.merger", "model.visual",
+           _pattern("model.language_model"), note="dynamic resolution, 4-row mRoPE position ids: not yet"),
+    Family("qwen2_5_vl", "model.language_model", "model.visual.merger", "model.visual",
+           _pattern("model.language_model"), note="as qwen2_vl: not yet"),
+    Family("qwen3_vl", "model.language_model", "model.visual.merger", "model.visual",
+           _pattern("model.language_model"), note="as qwen2_vl, plus deepstack mergers: not yet"),
+    Family("qwen3_5", "model.language_model", "model.visual.merger", "model.visual",
+           _pattern("model.language_model"), note="not yet"),
+    Family("idefics3", "model.text_model", "model.connector", "model.vision_model",
+           _pattern("model.text_model"), note="image splits through the processor: not yet"),
+    Family("smolvlm", "model.text_model", "model.connector", "model.vision_model",
+           _pattern("model.text_model"), note="as idefics3: not yet"),
+    Family("instructblip", "language_model", "language_projection", "vision_model",
+           _pattern("language_model.model", "language_model"), note="Q-Former inputs: not yet"),
+    Family("blip-2", "language_model", "language_projection", "vision_model",
+           _pattern("language_model.model", "language_model"), note="not yet"),
+    Family("gemma3", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
+           _pattern("model.language_model"), note="bidirectional image attention: not yet"),
+    Family("paligemma", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
+           _pattern("model.language_model"), note="prefix/suffix labels: not yet"),
+)}
+
+
+def supported() -> list[str]:
+    return [name for name, f in FAMILIES.items() if f.supported]
+
+
+def family_of(config) -> Family:
+    """The row of a checkpoint's config (or `model_type` string); `FamilyError` if vlx cannot run it yet."""
+    model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
+    family = FAMILIES.get(model_type)
+    if family is None or not family.supported:
+        why = f" ({family.note})" if family is not None and family.note else ""
+        raise FamilyError(f"{model_type!r} checkpoints are not supported by vlx yet{why}; "
+                          f"vlx fine-tunes and extracts with: {', '.join(supported())}")
+    return family
+
+
+def family_of_checkpoint(path) -> Family:
+    """`family_of` a checkpoint directory's `config.json`, read before any weight loads."""
+    from pathlib import Path
+
+    from vlx.inputs import read_json
+
+    config = read_json(Path(path) / "config.json")
+    return family_of(config.get("model_type") if isinstance(config, dict) else None)
+
+
+def lora_targets(model, family: Family) -> list[str]:
+    """Names of the Linear layers `family.lora_pattern` selects in `model` (never vision blocks)."""
+    import torch
+
+    pattern = re.compile(family.lora_pattern)
+    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and pattern.match(name)]
+
+
+_PROBE_TEXT = "Describe the image."
+
+
+def training_template(processor) -> str:
+    """The vlx template whose generation prompt renders exactly as the checkpoint's chat template does.
+
+    Rendered, not compared as Jinja source: a probe conversation (an image and a question) goes
+    through `processor.apply_chat_template` and through every vlx template; the one that produces
+    the same text trains the model (with the end-of-turn token supervised) and prompts it.
+    """
+    from vlx.config import ConfigError
+    from vlx.data.templates import TEMPLATES, Turn, prompt_text
+    from vlx.model.llava import IMAGE_TOKEN
+
+    chat = getattr(processor, "chat_template", None)
+    if not chat:
+        raise ConfigError("the base model has no chat template; give a checkpoint with one (vlx train-base "
+                          "runs and llava-hf checkpoints have it)")
+    probe = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _PROBE_TEXT}]}]
+    try:
+        rendered = processor.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # noqa: BLE001 - a template that cannot render is one vlx cannot match
+        raise ConfigError(f"the base model's chat template does not render a question with an image ({e})") from None
+    rendered = rendered.removeprefix(getattr(processor.tokenizer, "bos_token", None) or "\0")
+    for name in TEMPLATES:
+        if name != "plain" and prompt_text(name, [Turn(f"{IMAGE_TOKEN}\n{_PROBE_TEXT}", None)]) == rendered:
+            return name
+    raise ConfigError(f"the base model's chat template renders a question as {rendered[:120]!r}, which no vlx "
+                      f"template reproduces ({', '.join(t for t in TEMPLATES if t != 'plain')}); fine-tune a "
+                      "`vlx train-base` run or a llava-hf LLaVA-1.5 checkpoint")
+
+
+__all__ = ["Family", "FamilyError", "FAMILIES", "supported", "family_of", "family_of_checkpoint", "lora_targets", "training_template"]
