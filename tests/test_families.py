@@ -78,19 +78,48 @@ def test_finetune_and_extract_on_a_llava_hf_checkpoint(llava_hf, tmp_path):
     assert "pois" in line["result"]
 
 
-def test_unsupported_families_are_refused_in_one_line(tmp_path):
-    (tmp_path / "qwen").mkdir()
-    (tmp_path / "qwen" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+@pytest.fixture(scope="module")
+def qwen2_vl(tmp_path_factory):
+    """A tiny random Qwen2-VL saved as the hub lays one out (its processor names a video processor)."""
+    from vlx.model.tiny import tiny_qwen2_vl
+
+    return tiny_qwen2_vl(tmp_path_factory.mktemp("qwen") / "qwen2-vl-tiny")
+
+
+def test_extract_on_a_qwen2_vl_checkpoint_without_torchvision(qwen2_vl, tmp_path):
+    import vlx
+    from vlx.schema import load_schema
+
+    sizes = [(80, 60), (40, 120), (150, 90)]  # dynamic resolution: a different number of image tokens each
+    paths = []
+    for i, size in enumerate(sizes):
+        Image.new("RGB", size, (60 * i, 120, 200)).save(tmp_path / f"q{i}.png")
+        paths.append(tmp_path / f"q{i}.png")
+    extractor = vlx.load(qwen2_vl)
+    assert extractor.template is None  # prompted with the checkpoint's own chat template
+    Schema = load_schema(POI)
+    batched = extractor.extract_many(paths, Schema, batch_size=3)
+    assert all(isinstance(r, Schema) for r in batched)
+    assert [r.model_dump() for r in batched] == [extractor.extract(p, Schema).model_dump() for p in paths]
+    result = runner.invoke(app, ["extract", "--model", str(qwen2_vl), "--schema", str(POI), str(paths[0])])
+    assert result.exit_code == 0, result.output
+    [line] = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+    assert "pois" in line["result"]
+
+
+def test_unsupported_families_are_refused_in_one_line(qwen2_vl, tmp_path):
     (tmp_path / "rows.jsonl").write_text("{}\n")
-    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(tmp_path / "qwen"), "--data",
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(qwen2_vl), "--data",
                                  str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "ft")])
     assert result.exit_code == 2
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
-    assert "'qwen2_vl' checkpoints are not supported by vlx yet" in line and "with: llava" in line
-    result = runner.invoke(app, ["extract", "--model", str(tmp_path / "qwen"), "--schema", str(POI), "x.png"])
-    assert result.exit_code == 2 and "'qwen2_vl' checkpoints are not supported" in result.stderr
+    assert "vlx cannot fine-tune with 'qwen2_vl' checkpoints yet" in line and "it can with: llava" in line
+    (tmp_path / "gemma").mkdir()
+    (tmp_path / "gemma" / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
+    result = runner.invoke(app, ["extract", "--model", str(tmp_path / "gemma"), "--schema", str(POI), "x.png"])
+    assert result.exit_code == 2 and "vlx cannot extract with 'gemma3' checkpoints yet" in result.stderr
     with pytest.raises(FamilyError, match="'fancy_vlm' checkpoints"):
-        family_of("fancy_vlm")
+        family_of("fancy_vlm", use="extract")
 
 
 def test_lora_patterns_never_reach_a_vision_block(tiny):

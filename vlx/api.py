@@ -237,8 +237,18 @@ def load(run: str | Path | Extractor, *, device: str | None = None, dtype: torch
     if info is not None and info.kind == "finetune":
         model, processor = _load_finetune(path, info, dtype)
     elif (path / "config.json").exists():
+        from vlx.model.families import family_of_checkpoint
+
         try:
-            model, processor = load_llava(path, dtype=dtype)
+            family = family_of_checkpoint(path, use="extract")  # refuses a family vlx cannot decode with
+            if family.model_type == "llava":
+                model, processor = load_llava(path, dtype=dtype)
+            else:
+                from vlx.model.vlm import load_vlm
+
+                model, processor = load_vlm(path, dtype=dtype)
+        except InputError as e:
+            raise ModelLoadError(f"{path}/config.json is not a model config ({e})") from None
         except ModelLoadError as e:
             raise ModelLoadError(f"{e}; {path} is neither a vlx run nor a LLaVA checkpoint") from e
     else:

@@ -41,12 +41,13 @@ def _left_padding(tokenizer):
 
 def encode_batch(processor, prompts: Sequence[str], images: Sequence[Image.Image | None], device, dtype):
     """Left-padded model inputs for one batch; `images[i]` is None for a text-only prompt."""
+    placeholder = getattr(processor, "image_token", None) or IMAGE_TOKEN  # the family's (Qwen: <|image_pad|>)
     for i, (prompt, image) in enumerate(zip(prompts, images)):
-        n = prompt.count(IMAGE_TOKEN)
+        n = prompt.count(placeholder)
         if n > 1 or (n == 1) != (image is not None):
             raise ValueError(
-                f"prompt {i} has {n} {IMAGE_TOKEN} placeholder(s) but {'an' if image is not None else 'no'} image: "
-                f"give exactly one {IMAGE_TOKEN} per image (LLaVA-1.5 takes at most one image per prompt)"
+                f"prompt {i} has {n} {placeholder} placeholder(s) but {'an' if image is not None else 'no'} image: "
+                f"give exactly one {placeholder} per image (vlx decodes one image per prompt)"
             )
     pil = [im for im in images if im is not None]
     with _left_padding(processor.tokenizer):

@@ -245,6 +245,8 @@ def load_llava(path: str | Path, *, dtype: torch.dtype = torch.float32):
     from vlx.model.families import family_of
 
     family_of(model_type)  # a family vlx cannot run yet is refused here, in one line
+    if model_type != "llava":
+        raise ModelLoadError(f"{path} holds a {model_type!r} model, not a LLaVA checkpoint")
     try:
         model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, **trust.hub_kwargs())
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust.trust_remote_code())

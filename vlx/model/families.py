@@ -8,7 +8,7 @@ model, the connector and the vision tower live, the pattern LoRA targets (linear
 language model only: suffixes such as `q_proj` and `gate_proj` also exist in CLIP, SigLIP and
 Qwen vision blocks, so the pattern is anchored at the language model's path), which module trains
 fully beside LoRA, and whether vlx can fine-tune and extract with it today. A family that is listed
-but not `supported` is refused at start with one line; the facts are kept so that supporting it is
+but not supported for a use (`finetune`, `extract`) is refused at start with one line; the facts are kept so that supporting it is
 filling in its row, not writing a special path.
 
 vlx's own LLaVA runs and llava-hf LLaVA-1.5 checkpoints are the `llava` row: the same
@@ -40,9 +40,12 @@ class Family:
     vision: str
     lora_pattern: str
     """Full-path regex of the Linear layers LoRA wraps: the language model's only."""
-    supported: bool = False
-    """vlx fine-tunes, extracts and exports with it today."""
+    finetune: bool = False
+    """`vlx finetune` trains it today (and `vlx export` merges the result)."""
+    extract: bool = False
+    """`vlx.load` / `vlx extract` / `vlx eval` decode with it today (schema-constrained)."""
     note: str = ""
+    """What is missing, for the one-line refusal."""
 
 
 def _pattern(*lm_paths: str) -> str:
@@ -51,14 +54,15 @@ def _pattern(*lm_paths: str) -> str:
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llava", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
-           _pattern("model.language_model"), supported=True,
+           _pattern("model.language_model"), finetune=True, extract=True,
            note="vlx train-base runs and llava-hf LLaVA-1.5 (template matched by rendering)"),
     Family("llava_next", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
            _pattern("model.language_model"), note="anyres image tokens through the processor: not yet"),
     Family("qwen2_vl", "model.language_model", "model.visual.merger", "model.visual",
-           _pattern("model.language_model"), note="dynamic resolution, 4-row mRoPE position ids: not yet"),
+           _pattern("model.language_model"), extract=True,
+           note="fine-tuning needs labels through the processor and 4-row mRoPE position ids: not yet"),
     Family("qwen2_5_vl", "model.language_model", "model.visual.merger", "model.visual",
-           _pattern("model.language_model"), note="as qwen2_vl: not yet"),
+           _pattern("model.language_model"), note="as qwen2_vl, but untested: not yet"),
     Family("qwen3_vl", "model.language_model", "model.visual.merger", "model.visual",
            _pattern("model.language_model"), note="as qwen2_vl, plus deepstack mergers: not yet"),
     Family("qwen3_5", "model.language_model", "model.visual.merger", "model.visual",
@@ -78,29 +82,31 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
 )}
 
 
-def supported() -> list[str]:
-    return [name for name, f in FAMILIES.items() if f.supported]
+def supported(use: str = "finetune") -> list[str]:
+    """Families vlx runs for `use` (`finetune` or `extract`)."""
+    return [name for name, f in FAMILIES.items() if getattr(f, use)]
 
 
-def family_of(config) -> Family:
-    """The row of a checkpoint's config (or `model_type` string); `FamilyError` if vlx cannot run it yet."""
+def family_of(config, use: str = "finetune") -> Family:
+    """The row of a checkpoint's config (or `model_type` string); `FamilyError` if vlx cannot `use` it yet."""
     model_type = config if isinstance(config, str) else getattr(config, "model_type", None)
     family = FAMILIES.get(model_type)
-    if family is None or not family.supported:
+    if family is None or not getattr(family, use):
         why = f" ({family.note})" if family is not None and family.note else ""
-        raise FamilyError(f"{model_type!r} checkpoints are not supported by vlx yet{why}; "
-                          f"vlx fine-tunes and extracts with: {', '.join(supported())}")
+        verb = {"finetune": "fine-tune", "extract": "extract"}[use]
+        raise FamilyError(f"vlx cannot {verb} with {model_type!r} checkpoints yet{why}; it can with: "
+                          f"{', '.join(supported(use))}")
     return family
 
 
-def family_of_checkpoint(path) -> Family:
+def family_of_checkpoint(path, use: str = "finetune") -> Family:
     """`family_of` a checkpoint directory's `config.json`, read before any weight loads."""
     from pathlib import Path
 
     from vlx.inputs import read_json
 
     config = read_json(Path(path) / "config.json")
-    return family_of(config.get("model_type") if isinstance(config, dict) else None)
+    return family_of(config.get("model_type") if isinstance(config, dict) else None, use)
 
 
 def lora_targets(model, family: Family) -> list[str]:

@@ -1,0 +1,86 @@
+"""Checkpoints of any image-text-to-text family, loaded the transformers way (`AutoModelForImageTextToText`).
+
+    model, processor = load_vlm("Qwen/Qwen2-VL-2B-Instruct")   # a hub id or a local directory
+
+The processor comes from `AutoProcessor`; where that fails because the checkpoint's processor names
+a video processor and this machine has no torchvision (Qwen-family processors do), it is rebuilt
+from the checkpoint's image processor, tokenizer and chat template alone (`without_video`): images
+work as on the hub, videos are refused.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from vlx.model import trust
+
+
+class VideoUnavailable(RuntimeError):
+    pass
+
+
+@functools.cache
+def without_video(processor_cls):
+    """`processor_cls` with no video processor: its attributes are the image processor and the tokenizer.
+
+    transformers derives a processor's parts from its `__init__` signature; this subclass's takes
+    no `video_processor`, so the family's own `__init__` runs unchanged and the missing part is
+    neither looked up nor saved.
+    """
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        processor_cls.__init__(self, image_processor=image_processor, tokenizer=tokenizer,
+                               chat_template=chat_template, **kwargs)
+
+    # The family's own name: `save_pretrained` records it as `processor_class`, as the hub's files do.
+    return type(processor_cls.__name__, (processor_cls,), {"__init__": __init__, "__module__": __name__})
+
+
+def load_processor(path: str | Path):
+    """`AutoProcessor.from_pretrained`, or the same processor without its video part (see the module doc)."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    kwargs = {"trust_remote_code": trust.trust_remote_code()}
+    try:
+        processor = AutoProcessor.from_pretrained(path, **kwargs)
+        if not hasattr(processor, "image_processor"):  # AutoProcessor falls back to the bare tokenizer
+            raise VideoUnavailable(f"AutoProcessor gave a {type(processor).__name__}, not a processor with images")
+        return processor
+    except Exception as first:  # noqa: BLE001 - any failure: try the image-only build, else report the first
+        import transformers
+
+        from vlx.inputs import InputError, read_json
+
+        try:
+            config = read_json(Path(path) / "processor_config.json")
+            cls = getattr(transformers, config["processor_class"])
+            template_file = Path(path) / "chat_template.jinja"
+            template = template_file.read_text(encoding="utf-8") if template_file.exists() else config.get("chat_template")
+            return without_video(cls)(image_processor=AutoImageProcessor.from_pretrained(path, **kwargs),
+                                      tokenizer=AutoTokenizer.from_pretrained(path, **kwargs), chat_template=template)
+        except (InputError, KeyError, AttributeError, TypeError, ValueError, OSError):
+            raise first from None
+
+
+def load_vlm(path: str | Path, *, dtype: torch.dtype = torch.float32):
+    """(model, processor) of an image-text-to-text checkpoint of a family in the table (`vlx.model.families`)."""
+    from transformers import AutoModelForImageTextToText
+
+    from vlx.model.build import ModelLoadError, resolve_checkpoint
+    from vlx.model.families import family_of_checkpoint
+
+    path = resolve_checkpoint(path)
+    trust.check_dir(path, "model")
+    family_of_checkpoint(path, use="extract")
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **trust.hub_kwargs())
+        processor = load_processor(path)
+    except Exception as e:  # noqa: BLE001 - transformers/safetensors raise many types; all mean "cannot load"
+        raise ModelLoadError(f"cannot load the checkpoint in {path} ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
+                             "it is incomplete or damaged: copy it again, or rerun the command that wrote it") from None
+    return model.eval(), processor
+
+
+__all__ = ["without_video", "load_processor", "load_vlm"]
