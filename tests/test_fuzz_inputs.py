@@ -27,7 +27,7 @@ POI = Path(__file__).resolve().parent.parent / "templates" / "poi.py"
 FUZZ = settings(max_examples=16, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
-BAD_IMAGES = ("missing.png", "empty.png", "text.png", "cut.png", "cut.jpg", "bomb.png", "folder.png")
+BAD_IMAGES = ("missing.png", "empty.png", "text.png", "cut.png", "cut.jpg", "bomb.png", "sliver.png", "folder.png")
 TARGET = {"pois": [{"name": "Cafe Nord", "category": "cafe", "address": {"house_number": "12", "street": None},
                     "phone": None, "website": None, "opening_hours": [], "open_24h": False}]}
 
@@ -47,6 +47,7 @@ def world(tmp_path_factory):
     Image.effect_noise((128, 128), 30).convert("RGB").save(buf, "JPEG")
     (d / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     Image.new("1", (20000, 20000)).save(d / "bomb.png")  # 400 megapixels declared by a small file
+    Image.new("1", (100000, 2)).save(d / "sliver.png")  # few pixels, but a 10-gigapixel square once padded
     (d / "folder.png").mkdir()
     captions = [{"image": f"good{i}.png", "conversations": [{"from": "human", "value": "<image>\nDescribe it."},
                                                             {"from": "gpt", "value": "a square"}]} for i in range(3)]

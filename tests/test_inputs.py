@@ -89,8 +89,10 @@ def test_images_good_and_bad(tmp_path, monkeypatch):
     (tmp_path / "text.png").write_text("not an image")
     # 20000 x 20000 declared by a small file: refused from its header, before any pixel is decoded.
     (tmp_path / "bomb.png").write_bytes(_png((20000, 20000), mode="1"))
+    (tmp_path / "sliver.png").write_bytes(_png((100000, 2), mode="1"))  # 0.2 MP, but a 10 GP square padded
     expected = {"cut.jpg": "cannot be decoded", "cut.png": "cannot be decoded", "empty.png": "empty file",
                 "text.png": "cannot be read as an image", "bomb.png": "20000x20000 = 400 megapixels, over the limit",
+                "sliver.png": "longest side is over 16000 pixels",
                 "missing.png": "does not exist"}
     for name, message in expected.items():
         problem = inputs.check_image(tmp_path / name, origin="data.json:row 2")

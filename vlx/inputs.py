@@ -13,7 +13,9 @@ one bad row among good ones. Nothing here prints or exits.
 Limits (module constants, raised with flags where a user may need more):
 
 - `MAX_IMAGE_PIXELS`: 64 megapixels (e.g. 8000 x 8000), checked from the header before any pixel
-  is decoded; `--max-image-pixels` raises it. PIL's own bomb check is replaced by this one.
+  is decoded; `--max-image-pixels` raises it. PIL's own bomb check is replaced by this one. The
+  longest side is bounded too (16,000 px at the default): a sliver padded to a square, as
+  LLaVA-1.5's processor pads, would otherwise take gigabytes.
 - `MAX_DEPTH`: 64 levels of JSON/YAML nesting; no training row or config needs more.
 - `MAX_STRING`: one million characters in one JSON string (a caption or a target value).
 """
@@ -250,6 +252,13 @@ def _open(source, origin: str, max_pixels: int | None):
         raise InputError(f"{where}{subject}is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of "
                          f"{limit / 1e6:.0f} (a decompression bomb guard); downscale it, or raise the limit with "
                          f"--max-image-pixels {w * h}")
+    if limit and max(w, h) ** 2 > 4 * limit:
+        # A sliver (a 100000 x 10 banner) is few pixels, but padded to a square, as LLaVA-1.5's
+        # processor does, it would be 10 gigapixels: bounded by the same limit.
+        side = math.isqrt(4 * limit)
+        raise InputError(f"{where}{subject}is {w}x{h}: its longest side is over {side} pixels, and padded to a "
+                         f"square (as LLaVA's processor does) it would take {3 * max(w, h) ** 2 / 1e9:.0f} GB; crop "
+                         f"or downscale it, or raise the limit with --max-image-pixels {(max(w, h) ** 2 + 3) // 4}")
     return img, where, subject
 
 
