@@ -100,6 +100,10 @@ def test_images_good_and_bad(tmp_path, monkeypatch):
         with pytest.raises(InputError, match=f"^data.json:row 2: .*{message}"):
             inputs.open_image(tmp_path / name, origin="data.json:row 2")
     assert "--max-image-pixels 400000000" in inputs.check_image(tmp_path / "bomb.png")
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")  # opening it to read would block forever
+    assert "not a regular file" in inputs.check_image(tmp_path / "pipe.png")
     monkeypatch.setenv("VLX_MAX_IMAGE_PIXELS", "0")  # what --max-image-pixels 0 sets: no limit
     assert inputs.check_image(tmp_path / "bomb.png") is None
 

@@ -233,6 +233,8 @@ def _open(source, origin: str, max_pixels: int | None):
             raise InputError(f"{where}{subject or 'image '}does not exist; fix the path (or pass --image-folder)")
         if path.is_dir():
             raise InputError(f"{where}{subject}is a directory, not an image file; give the image's path")
+        if not path.is_file():  # a FIFO or a device would block or never end
+            raise InputError(f"{where}{subject}is not a regular file (a pipe or a device); give an image file")
         if path.stat().st_size == 0:
             raise InputError(f"{where}{subject}is an empty file (0 bytes); replace or remove it")
         stream = path
