@@ -63,6 +63,8 @@ def read_bytes(path: str | Path) -> bytes:
         raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file (a pipe or a device); give a file")
     try:
         return path.read_bytes()
     except OSError as e:
