@@ -22,6 +22,7 @@ Limits (module constants, raised with flags where a user may need more):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -137,23 +138,31 @@ def _too_deep(text: str) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def _within_limits(origin: str | Path):
+    """Turn a limit `check_value` or the depth scan found, or a parser's recursion, into `InputError`."""
+    try:
+        yield
+    except _JsonProblem as e:
+        raise InputError(f"{_where(origin)}{e}") from None
+    except RecursionError:
+        raise InputError(f"{_where(origin)}nested too deeply to parse; flatten the structure") from None
+
+
 def parse_json(text: str, origin: str | Path = "") -> Any:
     """JSON text -> value with the limits above; `InputError` names `origin` and the problem."""
-    try:
+    with _within_limits(origin):
         deep = _too_deep(text)
         if deep is not None:
             line = text.count("\n", 0, deep) + 1
             raise _JsonProblem(f"nested more than {MAX_DEPTH} levels deep (at line {line}, column "
                                f"{deep - text.rfind(chr(10), 0, deep)}); flatten the structure")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        try:
+            value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{_where(origin)}not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
         check_value(value)
         return value
-    except json.JSONDecodeError as e:
-        raise InputError(f"{_where(origin)}not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except _JsonProblem as e:
-        raise InputError(f"{_where(origin)}{e}") from None
-    except RecursionError:
-        raise InputError(f"{_where(origin)}nested too deeply to parse; flatten the structure") from None
 
 
 def read_json(path: str | Path) -> Any:
@@ -182,16 +191,13 @@ def read_yaml(path: str | Path) -> Any:
     import yaml
 
     text = read_text(path)
-    try:
-        value = yaml.safe_load(io.StringIO(text))
+    with _within_limits(path):
+        try:
+            value = yaml.safe_load(io.StringIO(text))
+        except yaml.YAMLError as e:
+            raise InputError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
         check_value(value)
         return value
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    except _JsonProblem as e:
-        raise InputError(f"{path}: {e}") from None
-    except RecursionError:
-        raise InputError(f"{path}: nested too deeply to parse; flatten the structure") from None
 
 
 # ---- images ---------------------------------------------------------------------------------
