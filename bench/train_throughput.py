@@ -395,11 +395,10 @@ def main(argv=None) -> int:
 
 
 def report(results: dict, args) -> None:
-    from vlx.device import cpu_has_bf16
-    from vlx.doctor import _cpu_flags
+    from vlx.device import cpu_flags, cpu_has_bf16
 
     any_result = next(iter(results.values()))
-    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in _cpu_flags()) or "no AVX2"
+    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()) or "no AVX2"
     print(f"\npreset {'tiny' if args.quick else 'smol'}, {any_result['device']}; CPU {os.cpu_count()} cores, flags "
           f"{flags} (native bf16: {'yes' if cpu_has_bf16() else 'no'}); global batch {args.global_batch} "
           f"(micro-batch {args.micro_batch}); {args.samples} rows per stage")

@@ -202,7 +202,7 @@ def test_report_to_tensorboard_gets_loss_accuracies_and_the_sample_table(base_an
         if s["prediction"] is None:
             assert "pois[0].name" in s["differs"]
         else:
-            from vlx.train.tracking import differing_fields
+            from vlx.eval.fields import differing_fields
 
             assert s["differs"] == differing_fields(s["prediction"], s["target"])
     [logdir] = list((out / "tensorboard").iterdir())
@@ -216,7 +216,7 @@ def test_report_to_tensorboard_gets_loss_accuracies_and_the_sample_table(base_an
 
 
 def test_differing_fields_names_the_leaves():
-    from vlx.train.tracking import differing_fields
+    from vlx.eval.fields import differing_fields
 
     target = {"pois": [{"name": "A", "address": {"street": "X"}, "hours": ["mon"]}]}
     assert differing_fields(target, target) == []

@@ -134,7 +134,7 @@ def _named(output: str, path: Path, bad: list[int]) -> None:
 
 @FUZZ
 @given(kinds=llava_rows, bom=st.booleans())
-def test_validate_and_train_base_name_every_bad_llava_row(world, tmp_path, kinds, bom):
+def test_validate_and_train_base_name_every_bad_llava_row(world, tiny, tmp_path, kinds, bom):
     path = tmp_path / "rows.jsonl"
     _write(path, [llava_line(k, i) for i, k in enumerate(kinds)], bom)
     bad = [i + 1 for i, k in enumerate(kinds) if k != "good"]
@@ -151,7 +151,7 @@ def test_validate_and_train_base_name_every_bad_llava_row(world, tmp_path, kinds
 
     problems: list = []
     rows = load_rows(path, image_folder=world, problems=problems)
-    tiny_tok = _tiny_processor().tokenizer
+    tiny_tok = tiny[1].tokenizer
     examples, more = prepare(rows, tiny_tok, template="vicuna_v1", image_token_id=tiny_tok.convert_tokens_to_ids("<image>"),
                              num_image_tokens=4, max_length=512)
     assert sorted(int(e.origin.rsplit(" ", 1)[-1]) for e in examples) == [i + 1 for i, k in enumerate(kinds)
@@ -236,14 +236,3 @@ def test_damaged_model_directories_are_named(world, tmp_path):
         result = runner.invoke(app, ["extract", "--model", str(tmp_path / name), str(world / "good0.png")])
         _clean(result)
         assert result.exit_code == 2 and message in result.stderr and name in result.stderr, result.output
-
-
-_PROCESSOR = []
-
-
-def _tiny_processor():
-    if not _PROCESSOR:
-        from vlx import ModelConfig, build_llava
-
-        _PROCESSOR.append(build_llava(ModelConfig(preset="tiny"))[1])
-    return _PROCESSOR[0]

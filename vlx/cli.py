@@ -334,7 +334,7 @@ def data_preview_cmd(
 
     from vlx.data.dataset import prepare
     from vlx.data.formats import load_rows
-    from vlx.data.preview import render_text, summary, write_html
+    from vlx.data.preview import counts, render_text, summary, write_html
 
     if (base is None) == (preset is None):
         _fail("give exactly one of --base RUN or --preset NAME (whose tokenizer and template render the data)")
@@ -361,8 +361,6 @@ def data_preview_cmd(
         _fail(f"no valid rows to preview in {data} ({bad} invalid: `vlx data validate` lists them)")
     console = Console(soft_wrap=True, highlight=False)
     for ex in examples[:n]:
-        from vlx.data.preview import counts
-
         c = counts(ex, image_token_id)
         console.print(escape(f"── {ex.origin} [{ex.source}]: text {c['text']} + image {c['image']} = {c['total']} "
                              f"tokens, {c['supervised']} supervised"), style="dim")

@@ -43,17 +43,6 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def _size(path: Path) -> int:
     total = 0
     for root, _, files in os.walk(path):
@@ -77,12 +66,12 @@ def diagnose() -> list[Check]:
         checks.append(Check("torch import", f"{type(e).__name__}: {e}", False,
                             "pip install torch==<version> for this machine (CPU: the CPU wheel)"))
         return checks
-    from vlx.device import attn_implementation, cpu_has_bf16, device, resolve_precision
+    from vlx.device import attn_implementation, cpu_flags, cpu_has_bf16, device, resolve_precision
 
     cuda = torch.cuda.is_available()
     checks.append(Check("cuda", f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
                         if cuda else f"none (torch {torch.__version__} {'CPU build' if torch.version.cuda is None else 'CUDA build, no device'})"))
-    flags = _cpu_flags()
+    flags = cpu_flags()
     wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     checks.append(Check("cpu", f"{os.cpu_count()} cores, flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}"))
     bf16 = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16()

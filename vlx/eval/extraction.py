@@ -17,8 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from vlx.eval.fields import field_metrics, format_table
-from vlx.train.tracking import differing_fields
+from vlx.eval.fields import differing_fields, field_metrics, format_table
 from vlx.run import RunInfo, atomic_dir
 
 log = logging.getLogger(__name__)

@@ -296,4 +296,19 @@ def format_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["field_metrics", "format_table", "schema_paths", "normalize_text", "edit_distance", "cer"]
+def differing_fields(prediction: dict | None, target: dict) -> list[str]:
+    """Dotted leaf paths (`pois[0].name`) whose values differ; a missing prediction differs everywhere."""
+    def leaves(value, prefix=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from leaves(v, f"{prefix}.{k}" if prefix else k)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                yield from leaves(v, f"{prefix}[{i}]")
+        else:
+            yield prefix, value
+
+    got, want = dict(leaves(prediction or {})), dict(leaves(target))
+    return sorted(p for p in set(got) | set(want) if got.get(p) != want.get(p))
+
+__all__ = ["differing_fields", "field_metrics", "format_table", "schema_paths", "normalize_text", "edit_distance", "cer"]

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from vlx.config import ConfigError
+from vlx.eval.fields import differing_fields
 
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 """`--report-to` value -> the package its transformers integration needs."""
@@ -38,22 +39,6 @@ def configure(report_to: str, out: Path, run_name: str) -> None:
     """Where each tracker writes: TensorBoard under OUT/tensorboard/RUN_NAME; W&B and MLflow by their own settings."""
     if report_to == "tensorboard":
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out) / "tensorboard" / run_name)
-
-
-def differing_fields(prediction: dict | None, target: dict) -> list[str]:
-    """Dotted leaf paths (`pois[0].name`) whose values differ; a missing prediction differs everywhere."""
-    def leaves(value, prefix=""):
-        if isinstance(value, dict):
-            for k, v in value.items():
-                yield from leaves(v, f"{prefix}.{k}" if prefix else k)
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            for i, v in enumerate(value):
-                yield from leaves(v, f"{prefix}[{i}]")
-        else:
-            yield prefix, value
-
-    got, want = dict(leaves(prediction or {})), dict(leaves(target))
-    return sorted(p for p in set(got) | set(want) if got.get(p) != want.get(p))
 
 
 def sample_rows(images: list, predictions: list, targets: list, step: int) -> list[dict]:
@@ -96,5 +81,5 @@ def log_samples(callbacks, rows: list[dict], scalars: dict[str, float], step: in
                                   artifact_file=f"held_out/samples-step{step}.json")
 
 
-__all__ = ["TRACKERS", "check_report_to", "configure", "differing_fields", "sample_rows", "write_samples",
+__all__ = ["TRACKERS", "check_report_to", "configure", "sample_rows", "write_samples",
            "log_samples"]
