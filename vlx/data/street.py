@@ -402,9 +402,15 @@ def _street_name(rng: np.random.Generator) -> str:
     return f"{_choice(rng, PREFIXES)} Way"
 
 
-def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextStyle, ...] = (TextStyle(),)
-                 ) -> tuple[Image.Image, list[dict], np.ndarray]:
+SHOP_COUNTS = (0.1, 0.7, 0.2)
+"""The street world's shares of facades with no, one and two storefronts."""
+
+
+def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextStyle, ...] = (TextStyle(),),
+                 shops: tuple[float, float, float] = SHOP_COUNTS) -> tuple[Image.Image, list[dict], np.ndarray]:
     """Render a street scene -> (image, the `POI` dicts visible in it left to right, labels).
+
+    `shops` are the probabilities of a facade with 0, 1 and 2 storefronts (the world's own by default).
 
     `labels` is a uint8 array (3, GRID, GRID): glyph id, field id and shop category id + 1 per cell
     (`LABELS`); cells are `size / GRID` pixels, so at 224 px each is one 14 px patch of the tower.
@@ -414,7 +420,7 @@ def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextSt
     style = TextStyle(font=_choice(rng, styles).font, stroke=int(rng.random() < 0.3))
     wall = _jitter(rng, _choice(rng, WALL_COLOURS), 15)
     g = _Grid(size, rng, wall)
-    n = int(rng.choice([0, 1, 2], p=[0.1, 0.7, 0.2]))
+    n = int(rng.choice([0, 1, 2], p=list(shops)))
     businesses: list[Business] = []
     if n == 0:
         _residential(g, style)
@@ -446,9 +452,10 @@ def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextSt
     return img, [b.target(street) for b in businesses], g.labels
 
 
-def _street_scene(rng: np.random.Generator, S: int, styles) -> tuple[Image.Image, list[dict]]:
+def _street_scene(rng: np.random.Generator, S: int, styles, shops: tuple[float, float, float] = SHOP_COUNTS
+                  ) -> tuple[Image.Image, list[dict]]:
     """`street_scene` without the labels: the image and its POIs (data writers)."""
-    img, pois, _ = street_scene(rng, S, tuple(styles))
+    img, pois, _ = street_scene(rng, S, tuple(styles), shops)
     return img, pois
 
 
