@@ -170,3 +170,21 @@ def test_two_processes_equal_one_with_the_same_global_batch(colour_data, tmp_pat
     a, b = _state(tmp_path / "one"), _state(tmp_path / "two")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_projector_rate_is_its_own_group_and_the_logged_rate_is_the_runs(tmp_path):
+    from transformers import TrainingArguments
+
+    from vlx.train.trainer import LlavaTrainer
+
+    torch.manual_seed(0)
+    model, _ = build_llava(ModelConfig(preset="tiny"))
+    model.model.vision_tower.requires_grad_(False)  # frozen, as in every recipe: the projector comes first
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, report_to=[], use_cpu=True)
+    trainer = LlavaTrainer(model=model, args=args, projector_lr=5e-5)
+    groups = trainer.create_optimizer().param_groups
+    projector = {id(p) for p in model.model.multi_modal_projector.parameters()}
+    assert groups[0]["lr"] == 1e-3  # what the Trainer logs as `learning_rate`
+    for g in groups:
+        assert g["lr"] == (5e-5 if id(g["params"][0]) in projector else 1e-3)
+        assert len({id(p) in projector for p in g["params"]}) == 1

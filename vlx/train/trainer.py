@@ -115,10 +115,12 @@ class LlavaTrainer(Trainer):
         for name, p in model.named_parameters():
             if p.requires_grad:
                 groups.setdefault((PROJECTOR_PREFIX in name, name in decay), []).append(p)
+        # The projector's groups last: the Trainer logs the first group's rate as `learning_rate`,
+        # which should be the run's own, not the projector's.
         param_groups = [
             {"params": ps, "weight_decay": self.args.weight_decay if dec else 0.0,
              **({"lr": self.projector_lr} if proj else {})}
-            for (proj, dec), ps in groups.items()
+            for (proj, dec), ps in sorted(groups.items())
         ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
