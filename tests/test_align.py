@@ -34,6 +34,22 @@ def test_alignment_moves_only_the_projector_towards_the_glyph_embeddings(micro_t
     assert changed and all("multi_modal_projector" in k for k in changed)
 
 
+def test_field_markers_keep_the_glyph_and_add_its_field(micro_tower):
+    from vlx.data.street import FIELDS
+    from vlx.model.align import field_embeddings
+
+    torch.manual_seed(0)
+    model, processor = build_llava(ModelConfig(preset="tiny", vision=micro_tower))
+    table = model.get_input_embeddings().weight.detach()
+    markers = field_embeddings(processor.tokenizer, table)
+    assert markers.shape == (1 + len(FIELDS), table.shape[1]) and not markers[0].any()
+    ids = processor.tokenizer.encode(" number", add_special_tokens=False)
+    assert torch.allclose(markers[1 + FIELDS.index("house_number")], table[ids].mean(0))
+    stats = align_projector(model, processor, steps=40, images=8, batch_patches=256, field_marker=0.5, progress=False)
+    assert stats["field_marker"] == 0.5 and stats["last_loss"] < 0.5 * stats["first_loss"]
+    assert 0.0 <= stats["held_out_field_accuracy"] <= 1.0 and 0.0 <= stats["held_out_glyph_accuracy"] <= 1.0
+
+
 def test_glyph_tokens_are_single_characters():
     _, processor = build_llava(ModelConfig(preset="tiny"))
     ids = glyph_token_ids(processor.tokenizer)

@@ -16,6 +16,12 @@ word, which says what the shop is, where one shop ends and the next begins, and 
 without a shop holds no business. Those words come from the tower's category reading, so they are
 as right as the tower is (its held-out per-patch category accuracy is in its `metrics.json`).
 
+With `field_marker` > 0, each text patch's target also carries its field: the glyph's token
+embedding plus `field_marker` times the LLM's embedding of the field's word (` name`, ` number`,
+` street`, ` phone`, ` website`, ` hours`, ` kind` for the awning's category word), so the LLM can
+tell a shop's name from the awning word, the opening hours or the street plate above it by a
+direction its attention reads, while the nearest character token stays the glyph.
+
 Images and labels come from `vlx.model.tower.draw_batch` on a stream of its own (no tower
 pre-training batch and no demo image is drawn twice); they need a tower whose patch grid is the
 street world's `GRID` x `GRID`. Only the projector's weights change.
@@ -31,7 +37,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from vlx.data.street import CATEGORY_LIST, GLYPHS, GRID
+from vlx.data.street import CATEGORY_LIST, FIELDS, GLYPHS, GRID
 from vlx.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,19 @@ def category_embeddings(tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
+FIELD_WORDS = {"name": "name", "category": "kind", "house_number": "number", "street": "street", "phone": "phone",
+               "website": "website", "hours": "hours"}
+"""The word whose embedding marks each text field (`field_marker`); `category` is the awning's word."""
+
+
+def field_embeddings(tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
+    """-> (1 + len(FIELDS), hidden): row 0 zeros (no field), row i the LLM's embedding of field i's
+    word (`FIELD_WORDS`, the mean over its tokens), scaled to a typical glyph token's norm."""
+    rows = [embeddings[tokenizer.encode(" " + FIELD_WORDS[f], add_special_tokens=False)].mean(0) for f in FIELDS]
+    rows = torch.stack(rows)
+    return torch.cat([torch.zeros_like(rows[:1]), rows])
+
+
 def _features(model, pixels: torch.Tensor) -> torch.Tensor:
     """Frozen tower features at LLaVA's feature layer, CLS dropped: (B, GRID*GRID, vision hidden)."""
     layer = model.config.vision_feature_layer
@@ -71,8 +90,8 @@ def _features(model, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def align_projector(model, processor, *, steps: int = 600, images: int = 512, batch_patches: int = 4096,
-                    learning_rate: float = 3e-3, background_weight: float = 0.2, seed: int = 0,
-                    progress: bool = True) -> dict:
+                    learning_rate: float = 3e-3, background_weight: float = 0.2, field_marker: float = 0.0,
+                    seed: int = 0, progress: bool = True) -> dict:
     """Regress projected text patches onto their glyphs' token embeddings; returns loss statistics.
 
     The frozen tower runs once over `images` street scenes (about 15 s for 512 on 2 cores); the
@@ -93,9 +112,16 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     dtype = next(projector.parameters()).dtype
     device = next(model.parameters()).device
     table = model.get_input_embeddings().weight.detach()
-    # Targets: 0 the space token, 1..len(GLYPHS) the glyphs' tokens, then one word per shop category.
-    embeddings = torch.cat([table[token_ids], category_embeddings(processor.tokenizer, table)]).to(device, dtype)
-    scale = embeddings[: len(token_ids)].pow(2).sum(-1).mean()  # squared norm of a typical token
+    # Targets: index f * n_chars + c is character c (0 the space, 1..len(GLYPHS) the glyphs) in text
+    # field f (0: none; only f = 0 without `field_marker`), then one word per shop category.
+    chars = table[token_ids]
+    n_fields = 1 + len(FIELDS) if field_marker else 1
+    markers = field_embeddings(processor.tokenizer, table)[:n_fields]
+    markers = markers * (chars.norm(dim=-1).mean() / markers[1:].norm(dim=-1).mean().clamp_min(1e-6)) if field_marker else markers
+    texts_table = (chars[None] + field_marker * markers[:, None]).flatten(0, 1)
+    embeddings = torch.cat([texts_table, category_embeddings(processor.tokenizer, table)]).to(device, dtype)
+    scale = chars.pow(2).sum(-1).mean().to(device, dtype)  # squared norm of a typical token
+    n_chars, n_text = len(token_ids), len(texts_table)
 
     # Features of every patch, once: (P, vision hidden) and its target's index into `embeddings`.
     bar = Progress("projector alignment: tower features", images, every=30.0 if progress else float("inf"))
@@ -105,9 +131,10 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
         pixels, labels = _batch(tower_cfg, processor, start // 32, n)
         glyph, field, shop = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(3))  # (B, GRID*GRID)
         text = (glyph > 0) | (field > 0)  # a glyph, or a space between the words of a text
-        background = torch.where(shop > 0, len(token_ids) - 1 + shop, 0)  # its shop's word, else a space
+        background = torch.where(shop > 0, n_text - 1 + shop, 0)  # its shop's word, else a space
         feats.append(_features(model, pixels.to(device, dtype)).flatten(0, 1))
-        targets.append(torch.where(text, glyph, background).flatten())
+        marked = glyph + (field * n_chars if field_marker else 0)
+        targets.append(torch.where(text, marked, background).flatten())
         texts.append(text.flatten())
         bar.advance(n)
     bar.done()
@@ -138,8 +165,9 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
         losses.append(round(mse.item(), 4))
         bar.update(step + 1, f"relative error {mse.item():.3f} glyph loss {ce.item():.3f}")
     bar.done(f"relative error {losses[0]:.3f} -> {losses[-1]:.3f}")
-    held_out = held_out_accuracy(model, processor, tower_cfg, embeddings, len(token_ids))
-    return {"steps": steps, "images": images, "text_patches": int(texts.sum()), "first_loss": losses[0],
+    held_out = held_out_accuracy(model, processor, tower_cfg, embeddings, n_chars, n_fields)
+    return {"steps": steps, "images": images, "field_marker": field_marker, "text_patches": int(texts.sum()),
+            "first_loss": losses[0],
             "last_loss": losses[-1], "loss": losses, **held_out}
 
 
@@ -153,10 +181,12 @@ def _batch(tower_cfg, processor, step: int, n: int, stream: int = ALIGN_STREAM, 
 
 
 @torch.no_grad()
-def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, n_tokens: int, n: int = 32) -> dict:
+def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, n_chars: int, n_fields: int = 1,
+                      n: int = 32) -> dict:
     """What the LLM receives, on held-out scenes: the share of glyph patches whose projected vector is
-    nearest (cosine, among every target of `align_projector`) to its own glyph's token, and of shop
-    patches without text nearest to their shop category's word."""
+    nearest (cosine, among every target of `align_projector`) to its own glyph's token (in any field),
+    of those nearest to their own field's marker too (with field markers), and of shop patches without
+    text nearest to their shop category's word."""
     pixels, labels = _batch(tower_cfg, processor, 0, n, stream=ALIGN_STREAM + 1, sheets=False)
     projector = model.model.multi_modal_projector
     device = next(model.parameters()).device
@@ -165,8 +195,14 @@ def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, n_t
     nearest = (torch.nn.functional.normalize(projected, dim=-1)
                @ torch.nn.functional.normalize(embeddings.float().cpu(), dim=-1).T).argmax(-1)
     background = (glyph == 0) & (field == 0) & (shop > 0)
-    return {"held_out_glyph_accuracy": round((nearest == glyph)[glyph > 0].float().mean().item(), 4),
-            "held_out_category_accuracy": round((nearest == n_tokens - 1 + shop)[background].float().mean().item(), 4)}
+    n_text = n_chars * n_fields
+    char, in_field = nearest % n_chars, nearest // n_chars
+    is_text = (nearest < n_text) & (glyph > 0)
+    stats = {"held_out_glyph_accuracy": round((is_text & (char == glyph))[glyph > 0].float().mean().item(), 4),
+             "held_out_category_accuracy": round((nearest == n_text - 1 + shop)[background].float().mean().item(), 4)}
+    if n_fields > 1:
+        stats["held_out_field_accuracy"] = round((is_text & (in_field == field))[glyph > 0].float().mean().item(), 4)
+    return stats
 
 
 def save_projector(model, path: str | Path) -> Path:
