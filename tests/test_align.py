@@ -34,7 +34,7 @@ def test_alignment_moves_only_the_projector_towards_the_glyph_embeddings(micro_t
     assert changed and all("multi_modal_projector" in k for k in changed)
 
 
-def test_field_markers_keep_the_glyph_and_add_its_field(micro_tower):
+def test_field_markers_and_the_storefront_seam(micro_tower):
     from vlx.data.street import FIELDS
     from vlx.model.align import field_embeddings
 
@@ -45,8 +45,10 @@ def test_field_markers_keep_the_glyph_and_add_its_field(micro_tower):
     assert markers.shape == (1 + len(FIELDS), table.shape[1]) and not markers[0].any()
     ids = processor.tokenizer.encode(" number", add_special_tokens=False)
     assert torch.allclose(markers[1 + FIELDS.index("house_number")], table[ids].mean(0))
-    stats = align_projector(model, processor, steps=40, images=8, batch_patches=256, field_marker=0.5, progress=False)
-    assert stats["field_marker"] == 0.5 and stats["last_loss"] < 0.5 * stats["first_loss"]
+    stats = align_projector(model, processor, steps=40, images=8, batch_patches=256, field_marker=0.5, separator=True,
+                            progress=False)
+    assert stats["field_marker"] == 0.5 and stats["separator"] and stats["last_loss"] < 0.5 * stats["first_loss"]
+    assert 0.0 <= stats["held_out_separator_accuracy"] <= 1.0
     assert 0.0 <= stats["held_out_field_accuracy"] <= 1.0 and 0.0 <= stats["held_out_glyph_accuracy"] <= 1.0
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlx.data.street import FIELD_ID, FIELDS, GLYPH_ID, GLYPHS, GRID, _hours_lines, _wrap, read_grid, sign_sheet, street_scene
+from vlx.data.street import (FIELD_ID, FIELDS, GLYPH_ID, GLYPHS, GRID, LABELS, _hours_lines, _wrap, boundaries, read_grid,
+                             sign_sheet, street_scene)
 
 
 def _scenes(n: int, size: int = 224):
@@ -17,7 +18,7 @@ def test_labels_spell_every_field_of_the_target():
     ground-truth grid gives back every name, house number, street, phone, website and hours line."""
     seen = {name: 0 for name in FIELDS}
     for img, pois, labels in _scenes(150):
-        assert img.size == (224, 224) and labels.shape == (3, GRID, GRID) and labels.dtype == np.uint8
+        assert img.size == (224, 224) and labels.shape == (len(LABELS), GRID, GRID) and labels.dtype == np.uint8
         read = read_grid(labels[0], labels[1])
         for p in pois:
             assert p["name"] in read["name"]
@@ -40,6 +41,24 @@ def test_labels_spell_every_field_of_the_target():
         for name in FIELDS:
             seen[name] += len(read[name])
     assert all(seen.values()), seen  # every field occurs
+
+
+def test_storefront_plane_numbers_the_shops_left_to_right_and_marks_their_seam():
+    kinds = set()
+    for img, pois, labels in _scenes(60):
+        shop, storefront = labels[2], labels[3]
+        assert np.array_equal(shop > 0, storefront > 0)  # the same cells: those of a storefront
+        assert sorted(set(np.unique(storefront)) - {0}) == list(range(1, len(pois) + 1))
+        seam = boundaries(storefront)
+        if len(pois) == 2:
+            left = np.nonzero(storefront == 1)[1].max()
+            assert left + 1 == np.nonzero(storefront == 2)[1].min()
+            assert set(np.nonzero(seam)[1]) == {left, left + 1} and seam.sum() == 2 * 12
+            assert not (labels[0][seam] > 0).any()  # names keep a cell free on each side
+        else:
+            assert not seam.any()
+        kinds.add(len(pois))
+    assert kinds == {0, 1, 2}
 
 
 def test_glyphs_sit_inside_their_cells():

@@ -1,14 +1,14 @@
 """The street world: storefronts whose signs a small vision tower can read, with per-patch labels.
 
-    img, pois, labels = street_scene(rng, 224)      # labels: (3, 16, 16) glyph, field, shop ids
+    img, pois, labels = street_scene(rng, 224)      # labels: (4, 16, 16) glyph, field, shop, storefront ids
 
 Scenes are laid out on the tower's patch grid (`GRID` x `GRID` cells; 16 x 14 px at 224 px, the
 smol tower's input): every glyph is drawn into one cell, at least one cell tall and at most one
 wide, with a small per-line jitter, in high-contrast ink on its sign, so that each patch of the
-tower sees at most one glyph. The renderer knows where every glyph is, which gives each cell three
+tower sees at most one glyph. The renderer knows where every glyph is, which gives each cell its
 labels (`LABELS`): the glyph whose centre falls in it (or none), the field its text belongs to
-(name, category word, house number, street, phone, website, hours) and the category of the
-storefront it lies on. `vlx.model.tower` pre-trains the smol tower on these dense labels, and
+(name, category word, house number, street, phone, website, hours), the category of the
+storefront it lies on and which storefront that is. `vlx.model.tower` pre-trains the smol tower on these dense labels, and
 `read_grid` turns a grid of labels (ground truth or the tower's predictions) back into text, the
 tower's own transcript.
 
@@ -36,8 +36,9 @@ GLYPHS = string.ascii_uppercase + string.ascii_lowercase + string.digits + "&'-.
 """Glyph classes 1..len(GLYPHS); 0 is a cell without a glyph (spaces included)."""
 FIELDS = ("name", "category", "house_number", "street", "phone", "website", "hours")
 """Field classes 1..len(FIELDS); 0 is a cell outside any field's text."""
-LABELS = ("glyph", "field", "shop")
-"""The three per-cell label planes of a scene: glyph id, field id, category id + 1 of the shop."""
+LABELS = ("glyph", "field", "shop", "storefront")
+"""The per-cell label planes of a scene: glyph id, field id, category id + 1 of the shop, and which
+storefront the cell lies on (1 the leftmost, 2 the next; 0 none)."""
 
 GLYPH_ID = {c: i + 1 for i, c in enumerate(GLYPHS)}
 FIELD_ID = {f: i + 1 for i, f in enumerate(FIELDS)}
@@ -202,7 +203,7 @@ def _glyph_mask(font_path: str | None, size: int, char: str, stroke: int) -> tup
 
 
 class _Grid:
-    """An image laid out in GRID x GRID cells, with the three label planes of `LABELS`."""
+    """An image laid out in GRID x GRID cells, with the label planes of `LABELS`."""
 
     def __init__(self, size: int, rng: np.random.Generator, background):
         self.img = Image.new("RGB", (size, size), background)
@@ -249,10 +250,22 @@ class _Grid:
             self.img.paste(tuple(ink), (x, y, x + mask.width, y + mask.height), mask)
 
     def shop(self, c0: int, c1: int, category: str) -> None:
+        """Mark columns [c0, c1) of the facade (rows 1-12) as the next storefront from the left, of `category`."""
         self.labels[2, 1:13, c0:c1] = CATEGORY_LIST.index(category) + 1
+        self.labels[3, 1:13, c0:c1] = self.labels[3].max() + 1
 
 
 CATEGORY_LIST = tuple(CATEGORIES)
+
+
+def boundaries(storefront: np.ndarray) -> np.ndarray:
+    """Cells where one storefront meets the next: (..., GRID, GRID) storefront ids -> bool, True on
+    both sides of every seam between two storefronts side by side."""
+    seam = (storefront[..., :, 1:] != storefront[..., :, :-1]) & (storefront[..., :, 1:] > 0) & (storefront[..., :, :-1] > 0)
+    out = np.zeros(storefront.shape, dtype=bool)
+    out[..., :, 1:] |= seam
+    out[..., :, :-1] |= seam
+    return out
 
 
 def _start(rng: np.random.Generator, c0: int, c1: int, length: int) -> int:

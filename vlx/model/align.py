@@ -22,6 +22,11 @@ embedding plus `field_marker` times the LLM's embedding of the field's word (` n
 tell a shop's name from the awning word, the opening hours or the street plate above it by a
 direction its attention reads, while the nearest character token stays the glyph.
 
+With `separator`, the text-free cells on either side of the seam between two storefronts side by
+side are regressed onto the token `|` instead: each row of image tokens then reads like
+`Twin  || Red`, so that where one shop's signs end and the next one's begin is a token the LLM has
+seen separate things, not a change of shade it must learn to notice.
+
 Images and labels come from `vlx.model.tower.draw_batch` on a stream of its own (no tower
 pre-training batch and no demo image is drawn twice); they need a tower whose patch grid is the
 street world's `GRID` x `GRID`. Only the projector's weights change.
@@ -37,7 +42,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from vlx.data.street import CATEGORY_LIST, FIELDS, GLYPHS, GRID
+from vlx.data.street import CATEGORY_LIST, FIELDS, GLYPHS, GRID, boundaries
 from vlx.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,8 @@ def category_embeddings(tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
+SEPARATOR = "|"
+"""The token the seam between two storefronts is aligned to (`separator`)."""
 FIELD_WORDS = {"name": "name", "category": "kind", "house_number": "number", "street": "street", "phone": "phone",
                "website": "website", "hours": "hours"}
 """The word whose embedding marks each text field (`field_marker`); `category` is the awning's word."""
@@ -91,7 +98,7 @@ def _features(model, pixels: torch.Tensor) -> torch.Tensor:
 
 def align_projector(model, processor, *, steps: int = 600, images: int = 512, batch_patches: int = 4096,
                     learning_rate: float = 3e-3, background_weight: float = 0.2, field_marker: float = 0.0,
-                    seed: int = 0, progress: bool = True) -> dict:
+                    separator: bool = False, seed: int = 0, progress: bool = True) -> dict:
     """Regress projected text patches onto their glyphs' token embeddings; returns loss statistics.
 
     The frozen tower runs once over `images` street scenes (about 15 s for 512 on 2 cores); the
@@ -119,7 +126,9 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     markers = field_embeddings(processor.tokenizer, table)[:n_fields]
     markers = markers * (chars.norm(dim=-1).mean() / markers[1:].norm(dim=-1).mean().clamp_min(1e-6)) if field_marker else markers
     texts_table = (chars[None] + field_marker * markers[:, None]).flatten(0, 1)
-    embeddings = torch.cat([texts_table, category_embeddings(processor.tokenizer, table)]).to(device, dtype)
+    seam_ids = processor.tokenizer.encode(SEPARATOR, add_special_tokens=False)
+    embeddings = torch.cat([texts_table, category_embeddings(processor.tokenizer, table),
+                            table[seam_ids].mean(0, keepdim=True)]).to(device, dtype)
     scale = chars.pow(2).sum(-1).mean().to(device, dtype)  # squared norm of a typical token
     n_chars, n_text = len(token_ids), len(texts_table)
 
@@ -132,6 +141,10 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
         glyph, field, shop = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(3))  # (B, GRID*GRID)
         text = (glyph > 0) | (field > 0)  # a glyph, or a space between the words of a text
         background = torch.where(shop > 0, n_text - 1 + shop, 0)  # its shop's word, else a space
+        if separator:
+            seam = torch.from_numpy(boundaries(labels[:, 3])).flatten(1) & ~text
+            background = torch.where(seam, len(embeddings) - 1, background)
+            text = text | seam  # full weight: the seam is what tells two shops apart
         feats.append(_features(model, pixels.to(device, dtype)).flatten(0, 1))
         marked = glyph + (field * n_chars if field_marker else 0)
         targets.append(torch.where(text, marked, background).flatten())
@@ -165,8 +178,9 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
         losses.append(round(mse.item(), 4))
         bar.update(step + 1, f"relative error {mse.item():.3f} glyph loss {ce.item():.3f}")
     bar.done(f"relative error {losses[0]:.3f} -> {losses[-1]:.3f}")
-    held_out = held_out_accuracy(model, processor, tower_cfg, embeddings, n_chars, n_fields)
-    return {"steps": steps, "images": images, "field_marker": field_marker, "text_patches": int(texts.sum()),
+    held_out = held_out_accuracy(model, processor, tower_cfg, embeddings, n_chars, n_fields, separator=separator)
+    return {"steps": steps, "images": images, "field_marker": field_marker, "separator": separator,
+            "text_patches": int(texts.sum()),
             "first_loss": losses[0],
             "last_loss": losses[-1], "loss": losses, **held_out}
 
@@ -182,11 +196,11 @@ def _batch(tower_cfg, processor, step: int, n: int, stream: int = ALIGN_STREAM, 
 
 @torch.no_grad()
 def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, n_chars: int, n_fields: int = 1,
-                      n: int = 32) -> dict:
+                      n: int = 32, separator: bool = False) -> dict:
     """What the LLM receives, on held-out scenes: the share of glyph patches whose projected vector is
     nearest (cosine, among every target of `align_projector`) to its own glyph's token (in any field),
-    of those nearest to their own field's marker too (with field markers), and of shop patches without
-    text nearest to their shop category's word."""
+    of those nearest to their own field's marker too (with field markers), of shop patches without
+    text nearest to their shop category's word, and (with `separator`) of seam cells nearest to `|`."""
     pixels, labels = _batch(tower_cfg, processor, 0, n, stream=ALIGN_STREAM + 1, sheets=False)
     projector = model.model.multi_modal_projector
     device = next(model.parameters()).device
@@ -200,6 +214,11 @@ def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, n_c
     is_text = (nearest < n_text) & (glyph > 0)
     stats = {"held_out_glyph_accuracy": round((is_text & (char == glyph))[glyph > 0].float().mean().item(), 4),
              "held_out_category_accuracy": round((nearest == n_text - 1 + shop)[background].float().mean().item(), 4)}
+    if separator:
+        seam = torch.from_numpy(boundaries(labels[:, 3])).flatten(1) & (glyph == 0) & (field == 0)
+        stats["held_out_separator_accuracy"] = round((nearest == len(embeddings) - 1)[seam].float().mean().item(), 4)
+        off_seam = background & ~seam
+        stats["held_out_category_accuracy"] = round((nearest == n_text - 1 + shop)[off_seam].float().mean().item(), 4)
     if n_fields > 1:
         stats["held_out_field_accuracy"] = round((is_text & (in_field == field))[glyph > 0].float().mean().item(), 4)
     return stats

@@ -45,7 +45,7 @@ from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, get_cosine_schedule_with_warmup
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from vlx.data.street import CATEGORY_LIST, FIELDS, GLYPHS, GRID, read_grid, sign_sheet, street_scene
+from vlx.data.street import CATEGORY_LIST, FIELDS, GLYPHS, GRID, LABELS, read_grid, sign_sheet, street_scene
 from vlx.device import device as pick_device, resolve_precision
 from vlx.progress import Progress
 
@@ -161,7 +161,7 @@ def _normalise(images: np.ndarray) -> torch.Tensor:
 
 def draw_batch(cfg: TowerConfig, stream: int, step: int, n: int, sheets: bool = True
                ) -> tuple[np.ndarray, np.ndarray, list]:
-    """Batch `step` of a stream: (n, S, S, 3) uint8 images, (n, 3, GRID, GRID) labels, the scenes' POIs."""
+    """Batch `step` of a stream: (n, S, S, 3) uint8 images, (n, len(LABELS), GRID, GRID) labels, the scenes' POIs."""
     images, labels, pois = [], [], []
     for k in range(n):
         rng = np.random.default_rng([STREAM, stream, cfg.seed, step, k])
