@@ -1,4 +1,4 @@
-"""The family table: llava-hf checkpoints fine-tune and extract, other families are refused in one line."""
+"""The family table: llava-hf and Qwen2-VL checkpoints fine-tune, extract and export; other families are refused in one line."""
 
 from __future__ import annotations
 
@@ -107,13 +107,122 @@ def test_extract_on_a_qwen2_vl_checkpoint_without_torchvision(qwen2_vl, tmp_path
     assert "pois" in line["result"]
 
 
-def test_unsupported_families_are_refused_in_one_line(qwen2_vl, tmp_path):
+def _scene_rows(tmp_path, sizes=((80, 60), (40, 120), (150, 90), (64, 64))) -> Path:
+    target = {"pois": [{"name": "Nord Fox", "category": "cafe", "address": {"house_number": "12a", "street": None},
+                        "phone": None, "website": None, "opening_hours": [], "open_24h": False}]}
+    for i, size in enumerate(sizes):  # dynamic resolution: another number of image tokens for each
+        Image.new("RGB", size, (50 * i, 90, 160)).save(tmp_path / f"s{i}.png")
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"image": f"s{i}.png", "target": target}) + "\n"
+                                                 for i in range(len(sizes))))
+    return tmp_path / "rows.jsonl"
+
+
+def test_qwen2_vl_samples_supervise_the_answer_and_its_end_of_turn_only(qwen2_vl, tmp_path):
+    import torch
+
+    import vlx.api
+    from vlx.data.dataset import Collator
+    from vlx.data.formats import Row
+    from vlx.data.templates import IGNORE_INDEX
+    from vlx.data.vlm_data import VlmDataset, prepare_vlm
+    from vlx.decode.constrained import ConstrainedDecoder
+    from vlx.model.vlm import load_vlm
+    from vlx.schema import canonical_json, load_schema
+
+    model, processor = load_vlm(qwen2_vl)
+    Schema = load_schema(POI)
+    _scene_rows(tmp_path)
+    answer = canonical_json(Schema.model_validate(json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[0])["target"]))
+    rows = [Row(origin=f"r{i}", image=str(tmp_path / f"s{i}.png"), source="extraction",
+                conversations=[{"from": "human", "value": "<image>\nRead the sign."}, {"from": "gpt", "value": answer}])
+            for i in range(3)]
+    rows.append(Row(origin="chat", image=None, source="chat", conversations=[
+        {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
+        {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Goodbye."}]))
+    examples, problems = prepare_vlm(rows, processor, max_length=4096)
+    assert not problems
+    tok = processor.tokenizer
+    prompt = vlx.api.Extractor(model, processor, template=None).prompt("<image>\nRead the sign.")
+    image_id = model.config.image_token_id
+    counts = [e.input_ids.count(image_id) for e in examples[:3]]
+    assert len(set(counts)) == 3 and all(counts)  # the processor expanded each image to its own size
+    for e in examples[:3]:
+        supervised = [x for x in e.labels if x != IGNORE_INDEX]
+        assert tok.decode(supervised) == answer + "<|im_end|>"
+        assert e.image_text == prompt  # exactly what `vlx extract` prompts with
+    assert tok.decode([x for x in examples[3].labels if x != IGNORE_INDEX]) == "Hello!<|im_end|>Goodbye.<|im_end|>"
+    # The grammar `vlx extract` decodes with takes the answer and its end-of-turn token for token.
+    decoder = ConstrainedDecoder(model, processor, Schema, template=None)
+    from vlx.decode.processor import GrammarLogitsProcessor
+
+    walker = GrammarLogitsProcessor(decoder.index, decoder.eos_token_id)
+    seen, width = torch.tensor([[0]]), model.config.text_config.vocab_size
+    for token in [x for x in examples[0].labels if x != IGNORE_INDEX]:
+        assert walker(seen, torch.zeros(1, width))[0, token] != float("-inf"), tok.decode([token])
+        seen = torch.cat([seen, torch.tensor([[token]])], dim=1)
+    # A padded batch gives every row the logits it has alone.
+    dataset = VlmDataset(examples, processor)
+    batch = Collator(tok.pad_token_id)([dataset[i] for i in range(4)])
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        together = model(**batch).logits
+        for i in range(4):
+            alone = Collator(tok.pad_token_id)([dataset[i]])
+            alone.pop("labels")
+            n = len(examples[i].input_ids)
+            assert torch.allclose(model(**alone).logits[0], together[i, :n], atol=1e-5)
+    assert labels.shape == batch["input_ids"].shape
+
+
+def test_finetune_extract_export_on_a_qwen2_vl_checkpoint(qwen2_vl, tmp_path):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from vlx.model.vlm import load_processor
+
+    rows = _scene_rows(tmp_path)
+    run, exported = tmp_path / "ft", tmp_path / "exp"
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(qwen2_vl), "--data", str(rows),
+                                 "--out", str(run), "--max-steps", "2", "--val-fraction", "0", "--learning-rate", "0.05"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads((run / "vlx_run.json").read_text())["template"] is None  # the checkpoint's own template
+    adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_" in k for k in adapter) and any("merger" in k for k in adapter)
+    assert all("lora_" in k or ".merger." in k for k in adapter), [k for k in adapter if "lora_" not in k][:3]
+    assert not any("visual.blocks" in k for k in adapter)  # the vision tower stays frozen
+    result = runner.invoke(app, ["extract", "--model", str(run), str(tmp_path / "s0.png"), str(tmp_path / "s1.png")])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 2 and all("pois" in x["result"] for x in lines)
+    result = runner.invoke(app, ["export", "--model", str(run), "--out", str(exported)])
+    assert result.exit_code == 0, result.output
+    merged = AutoModelForImageTextToText.from_pretrained(exported).eval()  # no vlx in the way
+    base = AutoModelForImageTextToText.from_pretrained(qwen2_vl)
+    adapted = PeftModel.from_pretrained(base, run / "adapter").eval()
+    processor = load_processor(exported)
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}],
+                                           add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[prompt], images=[Image.open(tmp_path / "s2.png")], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(merged(**inputs).logits, adapted(**inputs).logits, atol=1e-4)
+        plain = AutoModelForImageTextToText.from_pretrained(qwen2_vl).eval()  # `base` now holds the adapter
+        assert not torch.allclose(merged(**inputs).logits, plain(**inputs).logits, atol=1e-4)
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(qwen2_vl), "--data", str(rows),
+                                 "--out", str(tmp_path / "packed"), "--packing"])
+    assert result.exit_code == 2 and "--packing is not available for 'qwen2_vl'" in result.stderr
+
+
+def test_unsupported_families_are_refused_in_one_line(tmp_path):
     (tmp_path / "rows.jsonl").write_text("{}\n")
-    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(qwen2_vl), "--data",
+    (tmp_path / "next").mkdir()
+    (tmp_path / "next" / "config.json").write_text(json.dumps({"model_type": "llava_next"}))
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(tmp_path / "next"), "--data",
                                  str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "ft")])
     assert result.exit_code == 2
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
-    assert "vlx cannot fine-tune with 'qwen2_vl' checkpoints yet" in line and "it can with: llava" in line
+    assert "vlx cannot fine-tune with 'llava_next' checkpoints yet" in line and "it can with: llava, qwen2_vl" in line
     (tmp_path / "gemma").mkdir()
     (tmp_path / "gemma" / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
     result = runner.invoke(app, ["extract", "--model", str(tmp_path / "gemma"), "--schema", str(POI), "x.png"])

@@ -28,7 +28,7 @@ from vlx.data.templates import Turn, answer_prefix, prompt_text
 from vlx.decode import ConstrainedDecoder, DecodeConfig, ExtractionError, generate
 from vlx.inputs import InputError, open_image
 from vlx.model import trust
-from vlx.model.build import ModelLoadError, load_llava, resolve_checkpoint
+from vlx.model.build import ModelLoadError, resolve_checkpoint
 from vlx.model.llava import IMAGE_TOKEN
 from vlx.run import RunInfo
 from vlx.schema import SchemaError, check_supported, format_prompt, grammar_schema, load_schema
@@ -78,12 +78,9 @@ class Extractor:
         """The generation prompt for one user message (`<image>` included where it goes)."""
         if self.template is not None:
             return prompt_text(self.template, [Turn(user=user, assistant=None)])
-        content = []
-        if user.startswith(IMAGE_TOKEN + "\n"):
-            content.append({"type": "image"})
-            user = user[len(IMAGE_TOKEN) + 1:]
-        content.append({"type": "text", "text": user})
-        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        from vlx.data.vlm_data import render_prompt
+
+        return render_prompt(self.processor, [Turn(user=user, assistant=None)])
 
     def _schema_and_prompt(self, Schema, allow_schema_change: bool) -> tuple[type[BaseModel], str]:
         if Schema is None:
@@ -239,14 +236,11 @@ def load(run: str | Path | Extractor, *, device: str | None = None, dtype: torch
     elif (path / "config.json").exists():
         from vlx.model.families import family_of_checkpoint
 
-        try:
-            family = family_of_checkpoint(path, use="extract")  # refuses a family vlx cannot decode with
-            if family.model_type == "llava":
-                model, processor = load_llava(path, dtype=dtype)
-            else:
-                from vlx.model.vlm import load_vlm
+        from vlx.model.vlm import load_checkpoint
 
-                model, processor = load_vlm(path, dtype=dtype)
+        try:
+            family_of_checkpoint(path, use="extract")  # refuses a family vlx cannot decode with
+            model, processor = load_checkpoint(path, dtype=dtype)
         except InputError as e:
             raise ModelLoadError(f"{path}/config.json is not a model config ({e})") from None
         except ModelLoadError as e:
@@ -274,7 +268,9 @@ def _load_finetune(path: Path, info: RunInfo, dtype):
         base = path / base
     if not (path / "adapter").is_dir():
         raise ModelLoadError(f"{path} is a finetune run without its adapter/ directory; the run is incomplete")
-    model, processor = load_llava(base, dtype=dtype)
+    from vlx.model.vlm import load_checkpoint
+
+    model, processor = load_checkpoint(base, dtype=dtype)
     trust.check_dir(path / "adapter", "adapter")
     if (path / "tokenizer_config.json").exists() or (path / "processor_config.json").exists():
         from transformers import AutoProcessor

@@ -12,7 +12,8 @@ import shutil
 from pathlib import Path
 
 from vlx.model import trust
-from vlx.model.build import ModelLoadError, load_llava
+from vlx.model.build import ModelLoadError
+from vlx.model.vlm import load_checkpoint
 from vlx.run import RunInfo, atomic_dir
 
 CARRIED = ("schema.py", "schema.json", "format_prompt.txt", "config.yaml")
@@ -28,7 +29,7 @@ def load_finetune(run: str | Path, *, merge: bool = True):
         raise ModelLoadError(f"{run} is not a `vlx finetune` run (vlx_run.json missing or not kind 'finetune')")
     if not (run / "adapter").is_dir():
         raise ModelLoadError(f"{run} has no adapter/ directory; the run did not finish")
-    model, processor = load_llava(info.base)
+    model, processor = load_checkpoint(info.base, use="finetune")
     trust.check_dir(run / "adapter", "adapter")
     model = PeftModel.from_pretrained(model, run / "adapter")
     return (model.merge_and_unload() if merge else model), processor, info

@@ -138,6 +138,10 @@ class LlavaDataset(torch.utils.data.Dataset):
 class Collator:
     """Right-pads a batch; stacks pixel values of the rows that have an image (in row order).
 
+    Rows of `vlx.data.vlm_data.VlmDataset` carry the processor's own image inputs instead, which are
+    concatenated (Qwen: `pixel_values` patches x dim, `image_grid_thw`), and per-token inputs
+    (`mm_token_type_ids`), padded with 0.
+
     With `sources`, each row's data source is passed on as `source_ids` for per-source loss logging.
     With `supervised_logits`, `logits_to_keep` names the positions whose next token is supervised
     in some row, so the model projects only those onto the vocabulary (train with
@@ -164,6 +168,14 @@ class Collator:
         pixels = [b["pixel_values"] for b in batch if b["pixel_values"] is not None]
         if pixels:
             out["pixel_values"] = torch.stack(pixels)  # (n_images, 3, S, S)
+        for key in {k for b in batch for k in b.get("token_inputs", {})}:  # per token, 0 where a row has none
+            out[key] = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, b in enumerate(batch):
+                if key in b.get("token_inputs", {}):
+                    out[key][i, :len(b["input_ids"])] = torch.tensor(b["token_inputs"][key])
+        processed = [b["image_inputs"] for b in batch if b.get("image_inputs")]
+        for key in processed[0] if processed else ():  # rows of `vlx.data.vlm_data.VlmDataset`: the
+            out[key] = torch.cat([p[key] for p in processed])  # processor's own layout (Qwen: patches x dim)
         features = [b["vision_features"] for b in batch if b.get("vision_features") is not None]
         if features:  # rows from `vlx.data.feature_cache.CachedFeatureDataset`
             out["vision_features"] = torch.stack(features)  # (n_images, tokens, width)

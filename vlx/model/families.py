@@ -46,6 +46,12 @@ class Family:
     """`vlx finetune` trains it today (and `vlx export` merges the result)."""
     extract: bool = False
     """`vlx.load` / `vlx extract` / `vlx eval` decode with it today (schema-constrained)."""
+    inputs: str = "template"
+    """How training samples are built: `template`, by a vlx chat template with `<image>` expanded to the
+    config's fixed `image_seq_length` (LLaVA-1.5); `processor`, by the checkpoint's own chat template and
+    processor, which expands each image to its size's token count (`vlx.data.vlm_data`)."""
+    packing: bool = False
+    """`--packing` gives the same per-sample logits as unpacked batches (tested)."""
     note: str = ""
     """What is missing, for the one-line refusal."""
 
@@ -56,13 +62,13 @@ def _pattern(*lm_paths: str) -> str:
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llava", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
-           _pattern("model.language_model"), finetune=True, extract=True,
+           _pattern("model.language_model"), finetune=True, extract=True, packing=True,
            note="vlx train-base runs and llava-hf LLaVA-1.5 (template matched by rendering)"),
     Family("llava_next", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
            _pattern("model.language_model"), note="anyres image tokens through the processor: not yet"),
     Family("qwen2_vl", "model.language_model", "model.visual.merger", "model.visual",
-           _pattern("model.language_model"), extract=True,
-           note="fine-tuning needs labels through the processor and 4-row mRoPE position ids: not yet"),
+           _pattern("model.language_model"), finetune=True, extract=True, inputs="processor",
+           note="--packing needs per-sample 3-row mRoPE position ids plus a text row: not yet"),
     Family("qwen2_5_vl", "model.language_model", "model.visual.merger", "model.visual",
            _pattern("model.language_model"), note="as qwen2_vl, but untested: not yet"),
     Family("qwen3_vl", "model.language_model", "model.visual.merger", "model.visual",

@@ -64,8 +64,9 @@ def load_processor(path: str | Path):
             raise first from None
 
 
-def load_vlm(path: str | Path, *, dtype: torch.dtype = torch.float32):
-    """(model, processor) of an image-text-to-text checkpoint of a family in the table (`vlx.model.families`)."""
+def load_vlm(path: str | Path, *, dtype: torch.dtype = torch.float32, use: str = "extract"):
+    """(model, processor) of an image-text-to-text checkpoint of a family in the table (`vlx.model.families`)
+    that vlx can `use` (`extract` or `finetune`)."""
     from transformers import AutoModelForImageTextToText
 
     from vlx.model.build import ModelLoadError, resolve_checkpoint
@@ -73,7 +74,7 @@ def load_vlm(path: str | Path, *, dtype: torch.dtype = torch.float32):
 
     path = resolve_checkpoint(path)
     trust.check_dir(path, "model")
-    family_of_checkpoint(path, use="extract")
+    family_of_checkpoint(path, use=use)
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **trust.hub_kwargs())
         processor = load_processor(path)
@@ -83,4 +84,16 @@ def load_vlm(path: str | Path, *, dtype: torch.dtype = torch.float32):
     return model.eval(), processor
 
 
-__all__ = ["without_video", "load_processor", "load_vlm"]
+def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, use: str = "extract"):
+    """(model, processor) of any checkpoint in the family table: LLaVA ones (vlx runs, llava-hf) through
+    `vlx.model.build.load_llava`, every other family through `load_vlm`."""
+    from vlx.model.build import load_llava, resolve_checkpoint
+    from vlx.model.families import family_of_checkpoint
+
+    path = resolve_checkpoint(path)
+    if family_of_checkpoint(path, use=use).inputs == "template":
+        return load_llava(path, dtype=dtype)
+    return load_vlm(path, dtype=dtype, use=use)
+
+
+__all__ = ["without_video", "load_processor", "load_vlm", "load_checkpoint"]

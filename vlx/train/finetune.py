@@ -31,8 +31,9 @@ from transformers.trainer_utils import get_last_checkpoint
 from vlx.config import ConfigError, FinetuneDataConfig, LoraConfig, TrainConfig, to_dict
 from vlx.data.dataset import Collator, LlavaDataset, prepare, report_problems
 from vlx.data.formats import DataError, Row, load_rows
+from vlx.data.vlm_data import VlmDataset, prepare_vlm
 from vlx.device import device
-from vlx.model.build import ModelLoadError, load_llava, resolve_checkpoint
+from vlx.model.build import ModelLoadError, resolve_checkpoint
 from vlx.model.families import Family, family_of, family_of_checkpoint, lora_targets, training_template
 from vlx.model.llava import IMAGE_TOKEN
 from vlx.plot import plot_metrics
@@ -93,7 +94,9 @@ def _load_base(base: Path, lora: LoraConfig):
         model = LlavaForConditionalGeneration.from_pretrained(base, quantization_config=quant, **trust.hub_kwargs())
         return (prepare_model_for_kbit_training(model),
                 AutoProcessor.from_pretrained(base, trust_remote_code=trust.trust_remote_code()))
-    return load_llava(base)
+    from vlx.model.vlm import load_checkpoint
+
+    return load_checkpoint(base, use="finetune")
 
 
 def _extraction_rows(report, fmt: str) -> list[Row]:
@@ -201,7 +204,10 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     base_info = RunInfo.load(base)
     if base_info is None and not (base / "config.json").exists():
         raise ModelLoadError(f"--base {base}: not a vlx run or LLaVA checkpoint (no config.json)")
-    family_of_checkpoint(base)  # a family vlx cannot fine-tune yet is refused before the data is read
+    family = family_of_checkpoint(base)  # a family vlx cannot fine-tune yet is refused before the data is read
+    if data_cfg.packing and not family.packing:
+        raise ConfigError(f"--packing is not available for {family.model_type!r} checkpoints yet ({family.note}); "
+                          "drop the flag to train with padded batches")
 
     # 2. Data: every extraction row validated (all problems at once), then tokenized with the chat rows.
     report = validate_rows(data_cfg.data, Schema, image_folder=data_cfg.image_folder)
@@ -231,7 +237,8 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     # 3. Model: the base, frozen, with LoRA on the LLM and the projector trainable.
     model, processor = _load_base(base, lora_cfg)
     family = family_of(model.config)
-    template = base_info.template if base_info else training_template(processor)
+    # `processor` families train on the checkpoint's own template (template None, as `vlx extract` prompts).
+    template = base_info.template if base_info else training_template(processor) if family.inputs == "template" else None
     from transformers import set_seed
 
     set_seed(train_cfg.seed)  # LoRA's initial A matrices: the same adapter for the same seed, in any process
@@ -241,15 +248,19 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
 
     rows = _extraction_rows(report, fmt) + _chat_rows(data_cfg, len(train_rows), out, train_cfg.seed)
     max_length = run_max_length(base)
-    examples, problems = prepare(rows, processor.tokenizer, template=template,
-                                 image_token_id=model.config.image_token_id,
-                                 num_image_tokens=model.config.image_seq_length, max_length=max_length,
-                                 spell=tuple(data_cfg.spell_fields))
+    if family.inputs == "processor":
+        examples, problems = prepare_vlm(rows, processor, max_length=max_length, spell=tuple(data_cfg.spell_fields))
+    else:
+        examples, problems = prepare(rows, processor.tokenizer, template=template,
+                                     image_token_id=model.config.image_token_id,
+                                     num_image_tokens=model.config.image_seq_length, max_length=max_length,
+                                     spell=tuple(data_cfg.spell_fields))
     if problems:
         raise DataError(report_problems(problems, what="fine-tuning data") +
                         f"\n(max_length={max_length} from the base run; the format prompt is "
                         f"{len(processor.tokenizer(fmt)['input_ids'])} tokens)")
-    dataset = LlavaDataset(examples, processor.image_processor)
+    dataset = (VlmDataset(examples, processor) if family.inputs == "processor"
+               else LlavaDataset(examples, processor.image_processor))
     log.info("%d extraction rows, %d chat rows, %d held out", len(train_rows),
              len(examples) - len(train_rows), len(val_rows))
 

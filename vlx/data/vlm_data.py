@@ -1,0 +1,178 @@
+"""Training samples through the checkpoint's own processor and chat template (families whose processor
+expands the image into a size-dependent number of tokens: Qwen2-VL's dynamic resolution, ...).
+
+    examples, problems = prepare_vlm(rows, processor, max_length=4096)
+    dataset = VlmDataset(examples, processor)      # Collator(...) batches its rows
+
+Each turn is rendered by `processor.apply_chat_template`, as `vlx extract` renders its prompt at
+inference: the text before an answer is the generation prompt of the conversation so far, the
+answer follows it, and what the template writes after the answer ends the turn. Only the answers
+and the first token of each turn's ending (the end-of-turn token, `<|im_end|>` in Qwen) are
+supervised, so the model learns to stop. The image's placeholder is expanded by the processor
+itself (its token count follows the image's size), and the answer is tokenized as a decoder
+continuing the prompt would produce it (`encode_continuation`), so constrained decoding accepts
+the first answer token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vlx.data.dataset import check_image, open_image, row_turns
+from vlx.data.formats import Problem, Row
+from vlx.data.templates import IGNORE_INDEX, SampleError, Turn, encode_continuation, encode_spelled
+from vlx.model.llava import IMAGE_TOKEN
+
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+"""Processor outputs that are per token; every other output is an image input (`pixel_values`, `image_grid_thw`, ...)."""
+
+
+def user_content(text: str) -> list[dict]:
+    """A user message in the chat template's content format, the `<image>` placeholder as an image part."""
+    if IMAGE_TOKEN not in text:
+        return [{"type": "text", "text": text}]
+    before, after = text.split(IMAGE_TOKEN, 1)
+    parts = [{"type": "text", "text": before}] if before.strip() else []
+    parts.append({"type": "image"})
+    after = after.removeprefix("\n")
+    return parts + ([{"type": "text", "text": after}] if after else [])
+
+
+def messages(turns: list[Turn]) -> list[dict]:
+    """Turns -> chat-template messages (an unanswered last turn ends the list at the user message)."""
+    out = []
+    for t in turns:
+        out.append({"role": "user", "content": user_content(t.user)})
+        if t.assistant is not None:
+            out.append({"role": "assistant", "content": [{"type": "text", "text": t.assistant}]})
+    return out
+
+
+def render_prompt(processor, turns: list[Turn]) -> str:
+    """The generation prompt after `turns` (the last one unanswered), as the checkpoint's template writes it."""
+    return processor.apply_chat_template(messages(turns), add_generation_prompt=True, tokenize=False)
+
+
+@dataclass
+class VlmExample:
+    input_ids: list[int]
+    labels: list[int]
+    image: Any
+    image_text: str | None
+    """The text segment holding the image placeholder, as the processor expanded it (re-run per batch)."""
+    origin: str
+    source: str
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+
+def _segments(processor, turns: list[Turn]) -> list[tuple[str, str, str]]:
+    """-> per turn (prompt text, answer, end-of-turn text), concatenating to the template's whole rendering."""
+    out, done = [], ""
+    for k, t in enumerate(turns):
+        prompt = render_prompt(processor, turns[:k] + [Turn(t.user, None)])
+        full = processor.apply_chat_template(messages(turns[: k + 1]), tokenize=False)
+        if not prompt.startswith(done) or not full.startswith(prompt + t.assistant):
+            raise SampleError(
+                "the checkpoint's chat template does not render this conversation as its generation prompt "
+                "followed by the answer (it rewrites earlier turns or the answer), so the answer cannot be "
+                "located for supervision; give single-turn rows or a template that renders history unchanged")
+        out.append((prompt[len(done):], t.assistant, full[len(prompt) + len(t.assistant):]))
+        done = full
+    return out
+
+
+def _end_of_turn(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """(ids, labels) of the text after an answer: its first special token supervised (and what precedes it)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | {tokenizer.convert_tokens_to_ids(t) for t in tokenizer.get_added_vocab()}
+    stop = next((i for i, x in enumerate(ids) if x in special), None)
+    if stop is None:
+        raise SampleError(f"the chat template ends an answer with {text!r}, which holds no special token to learn "
+                          "to stop at")
+    return ids, ids[: stop + 1] + [IGNORE_INDEX] * (len(ids) - stop - 1)
+
+
+def encode_vlm(processor, turns: list[Turn], image, spell: tuple[str, ...] = ()) -> tuple[list[int], list[int], str | None]:
+    """(input_ids, labels, image segment) of one conversation, the image placeholder expanded by the processor."""
+    tokenizer = processor.tokenizer
+    input_ids, labels, image_text = [], [], None
+    for prompt, answer, ending in _segments(processor, turns):
+        if image is not None and image_text is None and _holds_image(processor, prompt):
+            image_text = prompt
+            ids = processor(text=[prompt], images=[image], add_special_tokens=False)["input_ids"][0]
+            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        else:
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = (encode_spelled(tokenizer, answer, spell) if spell else
+                      encode_continuation(tokenizer, answer, split_special=True))
+        end_ids, end_labels = _end_of_turn(tokenizer, ending)
+        input_ids += ids + answer_ids + end_ids
+        labels += [IGNORE_INDEX] * len(ids) + answer_ids + end_labels
+    if image is not None and image_text is None:
+        raise SampleError("the row has an image but the chat template rendered no image placeholder for it")
+    return input_ids, labels, image_text
+
+
+def _holds_image(processor, text: str) -> bool:
+    token = getattr(processor, "image_token", None)
+    return bool(token) and token in text
+
+
+def prepare_vlm(rows: list[Row], processor, *, max_length: int, check_images: bool = True,
+                spell: tuple[str, ...] = ()) -> tuple[list[VlmExample], list[Problem]]:
+    """Validate and encode every row through the processor; (examples, problems), nothing skipped silently."""
+    examples, problems = [], []
+    for row in rows:
+        try:
+            turns = row_turns(row, "processor")
+            image = None
+            if row.image is not None:
+                msg = check_image(row.image, row.origin) if check_images else None
+                if msg:
+                    raise SampleError(msg)
+                image = open_image(row.image, origin=row.origin)
+            ids, labels, image_text = encode_vlm(processor, turns, image, spell if row.source != "chat" else ())
+            if len(ids) > max_length:
+                raise SampleError(f"{len(ids)} tokens with the image's, over max_length={max_length}; shorten the "
+                                  "conversation or lower the image's pixel budget")
+        except SampleError as e:
+            problems.append(Problem(row.origin, str(e)))
+            continue
+        examples.append(VlmExample(ids, labels, row.image, image_text, row.origin, row.source))
+    return examples, problems
+
+
+class VlmDataset(torch.utils.data.Dataset):
+    """Encoded examples; each image goes through the processor again in `__getitem__` (its pixel inputs)."""
+
+    def __init__(self, examples: list[VlmExample], processor):
+        self.examples = examples
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token lengths, positive for image rows and negative for text rows (LLaVA's convention)."""
+        return [len(e.input_ids) if e.has_image else -len(e.input_ids) for e in self.examples]
+
+    def __getitem__(self, i: int) -> dict:
+        ex = self.examples[i]
+        item = {"input_ids": ex.input_ids, "labels": ex.labels, "pixel_values": None, "source": ex.source}
+        if ex.has_image:
+            img = open_image(ex.image, origin=ex.origin)
+            enc = self.processor(text=[ex.image_text], images=[img], add_special_tokens=False, return_tensors="pt")
+            item["image_inputs"] = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
+            if "mm_token_type_ids" in enc:  # Qwen's multimodal RoPE finds the image by them
+                item["token_inputs"] = {"mm_token_type_ids": self.processor.create_mm_token_type_ids([ex.input_ids])[0]}
+        return item
+
+
+__all__ = ["user_content", "messages", "render_prompt", "encode_vlm", "prepare_vlm", "VlmExample", "VlmDataset"]
