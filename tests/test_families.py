@@ -78,12 +78,12 @@ def test_finetune_and_extract_on_a_llava_hf_checkpoint(llava_hf, tmp_path):
     assert "pois" in line["result"]
 
 
-@pytest.fixture(scope="module")
-def qwen2_vl(tmp_path_factory):
-    """A tiny random Qwen2-VL saved as the hub lays one out (its processor names a video processor)."""
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def qwen2_vl(request, tmp_path_factory):
+    """A tiny random Qwen2-VL / Qwen2.5-VL saved as the hub lays one out (its processor names a video processor)."""
     from vlx.model.tiny import tiny_qwen2_vl
 
-    return tiny_qwen2_vl(tmp_path_factory.mktemp("qwen") / "qwen2-vl-tiny")
+    return tiny_qwen2_vl(tmp_path_factory.mktemp("qwen") / f"{request.param}-tiny", model_type=request.param)
 
 
 def test_extract_on_a_qwen2_vl_checkpoint_without_torchvision(qwen2_vl, tmp_path):
@@ -211,7 +211,8 @@ def test_finetune_extract_export_on_a_qwen2_vl_checkpoint(qwen2_vl, tmp_path):
         assert not torch.allclose(merged(**inputs).logits, plain(**inputs).logits, atol=1e-4)
     result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(qwen2_vl), "--data", str(rows),
                                  "--out", str(tmp_path / "packed"), "--packing"])
-    assert result.exit_code == 2 and "--packing is not available for 'qwen2_vl'" in result.stderr
+    model_type = json.loads((qwen2_vl / "config.json").read_text())["model_type"]
+    assert result.exit_code == 2 and f"--packing is not available for '{model_type}'" in result.stderr
 
 
 def test_unsupported_families_are_refused_in_one_line(tmp_path):
@@ -222,7 +223,7 @@ def test_unsupported_families_are_refused_in_one_line(tmp_path):
                                  str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "ft")])
     assert result.exit_code == 2
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
-    assert "vlx cannot fine-tune with 'llava_next' checkpoints yet" in line and "it can with: llava, qwen2_vl" in line
+    assert "vlx cannot fine-tune with 'llava_next' checkpoints yet" in line and "it can with: llava, qwen2_vl, qwen2_5_vl" in line
     (tmp_path / "gemma").mkdir()
     (tmp_path / "gemma" / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
     result = runner.invoke(app, ["extract", "--model", str(tmp_path / "gemma"), "--schema", str(POI), "x.png"])

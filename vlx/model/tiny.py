@@ -91,12 +91,18 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 
-def tiny_qwen2_vl(path, *, seed: int = 0):
-    """Save a random 2-layer Qwen2-VL (model, tokenizer, image processor, chat template) to `path`."""
+def tiny_qwen2_vl(path, *, seed: int = 0, model_type: str = "qwen2_vl"):
+    """Save a random 2-layer Qwen2-VL or Qwen2.5-VL (`model_type`): model, tokenizer, image processor and
+    chat template, laid out as the hub ships them."""
     import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    import transformers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    names = {"qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
+             "qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor")}
+    if model_type not in names:
+        raise ValueError(f"model_type {model_type!r}: use one of {', '.join(names)}")
+    config_cls, model_cls, processor_cls = (getattr(transformers, n) for n in names[model_type])
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -108,27 +114,31 @@ def tiny_qwen2_vl(path, *, seed: int = 0):
                                         extra_special_tokens={"image_token": "<|image_pad|>",
                                                               "video_token": "<|video_pad|>"})
     ids = {t: tok.token_to_id(t) for t in QWEN_SPECIAL}
-    config = Qwen2VLConfig(
+    vision = dict(depth=2, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    if model_type == "qwen2_vl":
+        vision.update(embed_dim=32, mlp_ratio=2)
+    else:  # Qwen2.5-VL: a gated MLP, window attention but in the blocks listed as full, merger out to the LLM width
+        vision.update(intermediate_size=64, out_hidden_size=32, window_size=56, fullatt_block_indexes=[1])
+    config = config_cls(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),
+        vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(config).eval()
+        model = model_cls(config).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112)
     from vlx.model.vlm import without_video
 
-    processor = without_video(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
-                                                chat_template=QWEN_CHAT_TEMPLATE)
+    processor = without_video(processor_cls)(image_processor=image_processor, tokenizer=tokenizer,
+                                             chat_template=QWEN_CHAT_TEMPLATE)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
