@@ -52,6 +52,34 @@ def test_field_markers_and_the_storefront_seam(micro_tower):
     assert 0.0 <= stats["held_out_field_accuracy"] <= 1.0 and 0.0 <= stats["held_out_glyph_accuracy"] <= 1.0
 
 
+def test_every_cell_targets_its_glyph_field_shop_word_or_the_seam():
+    import numpy as np
+
+    from vlx.data.street import CATEGORY_LIST, FIELD_ID, GLYPH_ID, GLYPHS, street_scene
+    from vlx.model.align import patch_targets
+
+    n_chars, n_fields = 1 + len(GLYPHS), 8
+    for seed in range(40):
+        _, pois, labels = street_scene(np.random.default_rng([9, seed]), 224)
+        if len(pois) == 2:
+            break
+    target, full = patch_targets(labels[None], n_chars, n_fields, separator=True)
+    target, full = target.view(16, 16), full.view(16, 16)
+    glyph, field, shop, _ = labels.astype(int)
+    r, c = np.argwhere(field == FIELD_ID["name"])[0]
+    assert glyph[r, c] == GLYPH_ID[pois[0]["name"][0]] and target[r, c] == FIELD_ID["name"] * n_chars + glyph[r, c]
+    seam = [(r, c) for r in range(1, 13) for c in (7, 8)]  # two shops of 8 columns each
+    sep = n_chars * n_fields + len(CATEGORY_LIST)
+    assert all(target[r, c] == sep and full[r, c] for r, c in seam)
+    r, c = 10, 3  # the left shop's window or door, no text
+    assert glyph[r, c] == 0 and field[r, c] == 0
+    assert target[r, c] == n_chars * n_fields - 1 + shop[r, c] and not full[r, c]
+    assert target[14, 0] == 0  # the pavement: a space
+    plain, _ = patch_targets(labels[None], n_chars)  # no markers, no separator
+    assert (plain.view(16, 16)[7:9, 1:13] < n_chars + len(CATEGORY_LIST)).all()
+    assert plain.view(16, 16)[r, c] == n_chars - 1 + shop[r, c]
+
+
 def test_glyph_tokens_are_single_characters():
     _, processor = build_llava(ModelConfig(preset="tiny"))
     ids = glyph_token_ids(processor.tokenizer)

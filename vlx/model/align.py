@@ -38,6 +38,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -127,10 +128,10 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     markers = markers * (chars.norm(dim=-1).mean() / markers[1:].norm(dim=-1).mean().clamp_min(1e-6)) if field_marker else markers
     texts_table = (chars[None] + field_marker * markers[:, None]).flatten(0, 1)
     seam_ids = processor.tokenizer.encode(SEPARATOR, add_special_tokens=False)
-    embeddings = torch.cat([texts_table, category_embeddings(processor.tokenizer, table),
-                            table[seam_ids].mean(0, keepdim=True)]).to(device, dtype)
+    rows = [texts_table, category_embeddings(processor.tokenizer, table)]
+    embeddings = torch.cat(rows + ([table[seam_ids].mean(0, keepdim=True)] if separator else [])).to(device, dtype)
     scale = chars.pow(2).sum(-1).mean().to(device, dtype)  # squared norm of a typical token
-    n_chars, n_text = len(token_ids), len(texts_table)
+    n_chars = len(token_ids)
 
     # Features of every patch, once: (P, vision hidden) and its target's index into `embeddings`.
     bar = Progress("projector alignment: tower features", images, every=30.0 if progress else float("inf"))
@@ -138,16 +139,9 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     for start in range(0, images, 32):
         n = min(32, images - start)
         pixels, labels = _batch(tower_cfg, processor, start // 32, n)
-        glyph, field, shop = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(3))  # (B, GRID*GRID)
-        text = (glyph > 0) | (field > 0)  # a glyph, or a space between the words of a text
-        background = torch.where(shop > 0, n_text - 1 + shop, 0)  # its shop's word, else a space
-        if separator:
-            seam = torch.from_numpy(boundaries(labels[:, 3])).flatten(1) & ~text
-            background = torch.where(seam, len(embeddings) - 1, background)
-            text = text | seam  # full weight: the seam is what tells two shops apart
+        target, text = patch_targets(labels, n_chars, n_fields, separator)
         feats.append(_features(model, pixels.to(device, dtype)).flatten(0, 1))
-        marked = glyph + (field * n_chars if field_marker else 0)
-        targets.append(torch.where(text, marked, background).flatten())
+        targets.append(target.flatten())
         texts.append(text.flatten())
         bar.advance(n)
     bar.done()
@@ -183,6 +177,28 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
             "text_patches": int(texts.sum()),
             "first_loss": losses[0],
             "last_loss": losses[-1], "loss": losses, **held_out}
+
+
+def patch_targets(labels: np.ndarray, n_chars: int, n_fields: int = 1, separator: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cell's target index into `align_projector`'s table, and whether it weighs fully -> two (B, GRID*GRID).
+
+    The table: `field * n_chars + char` for the characters (0 the space; `field` 0 unless `n_fields` > 1),
+    then one row per shop category, then (with `separator`) the separator. A glyph, or a space between
+    the words of a text, targets its character (in its field); a text-free cell on a storefront its
+    category's word, elsewhere the space; a text-free cell at the seam of two storefronts the
+    separator. Text and seam cells weigh fully, the rest `background_weight`.
+    """
+    glyph, field, shop = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(3))
+    n_text = n_chars * n_fields
+    text = (glyph > 0) | (field > 0)
+    target = torch.where(text, glyph + (field * n_chars if n_fields > 1 else 0),
+                         torch.where(shop > 0, n_text - 1 + shop, 0))
+    if separator:
+        seam = torch.from_numpy(boundaries(labels[:, 3])).flatten(1) & ~text
+        target = torch.where(seam, n_text + len(CATEGORY_LIST), target)
+        text = text | seam  # full weight: the seam is what tells two shops apart
+    return target, text
 
 
 def _batch(tower_cfg, processor, step: int, n: int, stream: int = ALIGN_STREAM, sheets: bool = True):
