@@ -65,6 +65,9 @@ def test_finetune_and_extract_on_a_llava_hf_checkpoint(llava_hf, tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     info = json.loads((tmp_path / "ft" / "vlx_run.json").read_text())
     assert info["template"] == "llava_hf"
+    refused = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(llava_hf), "--data",
+                                  str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "px"), "--max-pixels", "50000"])
+    assert refused.exit_code == 2 and "'llava' checkpoints resize every image to a fixed size" in refused.stderr
     # The answer ends with </s>, supervised: what llava-hf's own template never trains.
     preview = runner.invoke(app, ["data", "preview", str(tmp_path / "rows.jsonl"), "--base", str(llava_hf),
                                   "--schema", str(POI), "--n", "1", "--html", str(tmp_path / "p.html")])
@@ -185,9 +188,17 @@ def test_finetune_extract_export_on_a_qwen2_vl_checkpoint(qwen2_vl, tmp_path):
     rows = _scene_rows(tmp_path)
     run, exported = tmp_path / "ft", tmp_path / "exp"
     result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(qwen2_vl), "--data", str(rows),
-                                 "--out", str(run), "--max-steps", "2", "--val-fraction", "0", "--learning-rate", "0.05"])
+                                 "--out", str(run), "--max-steps", "2", "--val-fraction", "0", "--learning-rate", "0.05",
+                                 "--min-pixels", "784", "--max-pixels", "3136"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert json.loads((run / "vlx_run.json").read_text())["template"] is None  # the checkpoint's own template
+    # One pixel budget: set once, kept in the run, used by extraction and the export.
+    budget = {"shortest_edge": 784, "longest_edge": 3136}
+    assert json.loads((run / "processor_config.json").read_text())["image_processor"]["size"] == budget
+    import vlx
+
+    extractor = vlx.load(run)
+    assert {k: v for k, v in dict(extractor.processor.image_processor.size).items() if v is not None} == budget
     adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     assert any("lora_" in k for k in adapter) and any("merger" in k for k in adapter)
     assert all("lora_" in k or ".merger." in k for k in adapter), [k for k in adapter if "lora_" not in k][:3]
@@ -198,6 +209,7 @@ def test_finetune_extract_export_on_a_qwen2_vl_checkpoint(qwen2_vl, tmp_path):
     assert len(lines) == 2 and all("pois" in x["result"] for x in lines)
     result = runner.invoke(app, ["export", "--model", str(run), "--out", str(exported)])
     assert result.exit_code == 0, result.output
+    assert json.loads((exported / "processor_config.json").read_text())["image_processor"]["size"] == budget
     merged = AutoModelForImageTextToText.from_pretrained(exported).eval()  # no vlx in the way
     base = AutoModelForImageTextToText.from_pretrained(qwen2_vl)
     adapted = PeftModel.from_pretrained(base, run / "adapter").eval()

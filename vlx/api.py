@@ -273,9 +273,9 @@ def _load_finetune(path: Path, info: RunInfo, dtype):
     model, processor = load_checkpoint(base, dtype=dtype)
     trust.check_dir(path / "adapter", "adapter")
     if (path / "tokenizer_config.json").exists() or (path / "processor_config.json").exists():
-        from transformers import AutoProcessor
+        from vlx.model.vlm import load_processor
 
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust.trust_remote_code())
+        processor = load_processor(path)  # the run's own: its pixel budget, as it trained
     # Merged in memory: inference then runs at the base model's speed.
     model = PeftModel.from_pretrained(model, path / "adapter").merge_and_unload()
     return model.eval(), processor

@@ -175,6 +175,8 @@ def finetune_cmd(
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack each micro-batch without padding (same loss and per-source losses; needs SDPA, eager or flash attention).")] = None,
     spell_fields: Annotated[Optional[str], typer.Option(help="Comma-separated JSON keys whose string values are trained one character per token (e.g. name,street).")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Train on valid rows; write the invalid ones to rejected.jsonl.")] = False,
+    min_pixels: Annotated[Optional[int], typer.Option(help="Pixel budget, lower end (Qwen2/2.5-VL: image tokens = area / 784); kept in the run for eval, extract and export.")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(help="Pixel budget, upper end (e.g. 401408 = 512 tokens); kept in the run for eval, extract and export.")] = None,
     lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (LLaVA: 128).")] = None,
     lora_alpha: Annotated[Optional[int], typer.Option(help="LoRA alpha (LLaVA: 256).")] = None,
     lora_dropout: Annotated[Optional[float], typer.Option(help="LoRA dropout (LLaVA: 0.05).")] = None,
@@ -212,6 +214,7 @@ def finetune_cmd(
             data=data, val_data=val_data, val_fraction=val_fraction, image_folder=image_folder,
             chat_data=chat_data, chat_ratio=chat_ratio, format_prompt=format_prompt, task=task,
             prompt_style=prompt_style, skip_invalid=skip_invalid or None, packing=packing,
+            min_pixels=min_pixels, max_pixels=max_pixels,
             spell_fields=tuple(k.strip() for k in spell_fields.split(",") if k.strip()) if spell_fields else None))
         preset = _base_preset(base)
         train_cfg = merge(TrainConfig, PRESETS[preset].finetune, yaml_cfg.get("train", {}), dict(

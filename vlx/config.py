@@ -185,8 +185,20 @@ class FinetuneDataConfig:
     packing: bool = False
     """Pack each micro-batch's samples without padding (`vlx.data.packing`); loss and per-source
     losses unchanged."""
+    min_pixels: int | None = None
+    """Smallest image area the processor resizes to (families with a pixel budget, e.g. Qwen2-VL:
+    tokens = area / 28^2); None keeps the checkpoint's. Stored in the run's processor config, so the
+    fine-tune's evaluation, `vlx eval`, `vlx extract` and the export use the same."""
+    max_pixels: int | None = None
+    """Largest image area the processor resizes to (see `min_pixels`)."""
 
     def __post_init__(self):
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"--{name.replace('_', '-')} {value}: give a positive number of pixels")
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ConfigError(f"--min-pixels {self.min_pixels} is above --max-pixels {self.max_pixels}")
         if self.chat_ratio < 0:
             raise ConfigError(f"--chat-ratio {self.chat_ratio}: must be >= 0")
         if not 0 <= self.val_fraction < 1:

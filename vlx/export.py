@@ -30,6 +30,10 @@ def load_finetune(run: str | Path, *, merge: bool = True):
     if not (run / "adapter").is_dir():
         raise ModelLoadError(f"{run} has no adapter/ directory; the run did not finish")
     model, processor = load_checkpoint(info.base, use="finetune")
+    if (run / "processor_config.json").exists():
+        from vlx.model.vlm import load_processor
+
+        processor = load_processor(run)  # the run's own: its pixel budget, as it trained
     trust.check_dir(run / "adapter", "adapter")
     model = PeftModel.from_pretrained(model, run / "adapter")
     return (model.merge_and_unload() if merge else model), processor, info

@@ -84,6 +84,30 @@ def load_vlm(path: str | Path, *, dtype: torch.dtype = torch.float32, use: str =
     return model.eval(), processor
 
 
+def check_pixel_budget(family, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Refuse `--min-pixels` / `--max-pixels` for a family without a pixel budget (before anything loads)."""
+    from vlx.config import ConfigError
+
+    if (min_pixels is not None or max_pixels is not None) and not family.pixel_budget:
+        raise ConfigError(f"--min-pixels / --max-pixels: {family.model_type!r} checkpoints resize every image to a "
+                          "fixed size (no pixel budget to set); drop the flags")
+
+
+def set_pixel_budget(processor, family, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Set the image processor's pixel range (`--min-pixels` / `--max-pixels`) where the family has one."""
+    check_pixel_budget(family, min_pixels, max_pixels)
+    if min_pixels is None and max_pixels is None:
+        return
+    from vlx.config import ConfigError
+
+    size = dict(processor.image_processor.size)
+    lo = min_pixels if min_pixels is not None else size["shortest_edge"]
+    hi = max_pixels if max_pixels is not None else size["longest_edge"]
+    if lo > hi:
+        raise ConfigError(f"--min-pixels {lo} is above the maximum {hi} (the checkpoint's, or --max-pixels)")
+    processor.image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
+
+
 def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, use: str = "extract"):
     """(model, processor) of any checkpoint in the family table: LLaVA ones (vlx runs, llava-hf) through
     `vlx.model.build.load_llava`, every other family through `load_vlm`."""
@@ -96,4 +120,4 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, use
     return load_vlm(path, dtype=dtype, use=use)
 
 
-__all__ = ["without_video", "load_processor", "load_vlm", "load_checkpoint"]
+__all__ = ["without_video", "load_processor", "load_vlm", "load_checkpoint", "check_pixel_budget", "set_pixel_budget"]

@@ -32,6 +32,7 @@ from vlx.config import ConfigError, FinetuneDataConfig, LoraConfig, TrainConfig,
 from vlx.data.dataset import Collator, LlavaDataset, prepare, report_problems
 from vlx.data.formats import DataError, Row, load_rows
 from vlx.data.vlm_data import VlmDataset, prepare_vlm
+from vlx.model.vlm import check_pixel_budget, set_pixel_budget
 from vlx.device import device
 from vlx.model.build import ModelLoadError, resolve_checkpoint
 from vlx.model.families import Family, family_of, family_of_checkpoint, lora_targets, training_template
@@ -205,6 +206,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     if base_info is None and not (base / "config.json").exists():
         raise ModelLoadError(f"--base {base}: not a vlx run or LLaVA checkpoint (no config.json)")
     family = family_of_checkpoint(base)  # a family vlx cannot fine-tune yet is refused before the data is read
+    check_pixel_budget(family, data_cfg.min_pixels, data_cfg.max_pixels)
     if data_cfg.packing and not family.packing:
         raise ConfigError(f"--packing is not available for {family.model_type!r} checkpoints yet ({family.note}); "
                           "drop the flag to train with padded batches")
@@ -237,6 +239,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     # 3. Model: the base, frozen, with LoRA on the LLM and the projector trainable.
     model, processor = _load_base(base, lora_cfg)
     family = family_of(model.config)
+    set_pixel_budget(processor, family, data_cfg.min_pixels, data_cfg.max_pixels)
     # `processor` families train on the checkpoint's own template (template None, as `vlx extract` prompts).
     template = base_info.template if base_info else training_template(processor) if family.inputs == "template" else None
     from transformers import set_seed
@@ -271,6 +274,8 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     shutil.copyfile(schema, out / "schema.py")
     (out / "schema.json").write_text(json.dumps(json_schema(Schema), indent=2, ensure_ascii=False) + "\n")
     (out / "format_prompt.txt").write_text(fmt, encoding="utf-8")
+    if family.inputs == "processor":  # its pixel budget and template travel with the run (eval, extract, export)
+        processor.save_pretrained(out)
 
     # 5. Train.
     tracking.configure(train_cfg.report_to, out, "finetune")
