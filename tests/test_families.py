@@ -267,3 +267,20 @@ def test_a_hub_id_that_cannot_be_fetched_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(ModelLoadError, match=r"huggingface-cli download llava-hf/no-such-model-here --local-dir DIR"):
         resolve_checkpoint("llava-hf/no-such-model-here")
+
+
+def test_data_validate_with_a_qwen_base_counts_its_image_tokens(qwen2_vl, tmp_path):
+    rows = _scene_rows(tmp_path, sizes=((56, 56), (112, 112), (150, 90)))
+    result = runner.invoke(app, ["data", "validate", str(rows), "--schema", str(POI), "--base", str(qwen2_vl)])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("tokens per sample"))
+    assert "template the checkpoint's own" in line and "image tokens per image 4-16" in line
+    long = [{"id": "long", "image": "s0.png", "conversations": [
+        {"from": "human", "value": "<image>\n" + "word " * 3000}, {"from": "gpt", "value": "ok"}]},
+        {"id": "short", "image": "s1.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A shop."}]}]
+    (tmp_path / "chat.json").write_text(json.dumps(long))
+    result = runner.invoke(app, ["data", "validate", str(tmp_path / "chat.json"), "--base", str(qwen2_vl)])
+    assert result.exit_code == 1
+    [problem] = [x for x in result.output.splitlines() if "max_length" in x and "tokens with the image" in x]
+    assert "chat.json" in problem and "over max_length=2048" in problem

@@ -275,6 +275,7 @@ def data_validate_cmd(
     data: Annotated[str, typer.Argument(help="LLaVA .json/.jsonl, a `datasets` dir, a mixture .yaml, or (with --schema) extraction rows.")],
     image_folder: Annotated[Optional[str], typer.Option(help="Folder image paths are relative to.")] = None,
     preset: Annotated[str, typer.Option(help="Preset whose tokenizer measures lengths.")] = "tiny",
+    base: Annotated[Optional[Path], typer.Option(help="Measure with this run's or checkpoint's tokenizer, template and processor instead (any family vlx fine-tunes: its own image token counts).")] = None,
     template: Annotated[Optional[str], typer.Option(help="Template to check against: plain, vicuna_v1, chatml (default: the preset's).")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sample (default: the preset's).")] = None,
     schema: Annotated[Optional[Path], typer.Option(help="Validate extraction rows {image, target} against this pydantic schema file (Python, executed: only files you would run).")] = None,
@@ -290,8 +291,11 @@ def data_validate_cmd(
     from vlx.data.formats import load_rows
     from vlx.model.build import build_llava, resolve
 
+    lengths = None
     try:
-        if schema is not None:
+        if base is not None:
+            problems, total, lengths = _validate_with_base(data, base, template, schema, schema_class, image_folder)
+        elif schema is not None:
             from vlx.schema import load_schema, validate_rows
 
             Schema = load_schema(schema, schema_class)
@@ -311,10 +315,47 @@ def data_validate_cmd(
         _fail(str(e))
     for p in sorted(problems, key=_row_order):
         typer.echo(str(p))
+    if lengths:
+        typer.echo(lengths)
     if problems:
         typer.secho(f"{len(problems)} invalid row(s)", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
     typer.echo(f"ok: {total if total is not None else 'all'} rows valid")
+
+
+def _validate_with_base(data: str, base: Path, template, schema, schema_class, image_folder):
+    """-> (problems, rows, a line of token counts) of `data` encoded for `base` as `vlx finetune` would."""
+    import statistics
+
+    from vlx.data.formats import load_rows
+    from vlx.data.preview import counts
+    from vlx.data.samples import SampleEncoder
+
+    encoder = SampleEncoder.for_checkpoint(base, template=template)
+    if schema is not None:
+        from vlx.schema import format_prompt, load_schema, validate_rows
+        from vlx.train.finetune import _extraction_rows
+
+        Schema = load_schema(schema, schema_class)
+        report = validate_rows(data, Schema, image_folder=image_folder)
+        problems = list(report.problems)
+        from vlx.config import FinetuneDataConfig
+
+        rows = _extraction_rows(report, format_prompt(Schema, style=FinetuneDataConfig().prompt_style))  # finetune's
+    else:
+        problems = []
+        rows = load_rows(data, image_folder=image_folder, problems=problems)
+    examples, bad = encoder.prepare(rows)
+    problems += bad
+    if not examples:
+        return problems, len(rows), None
+    c = [counts(e, encoder.image_token_id) for e in examples]
+    totals, images = [x["total"] for x in c], [x["image"] for x in c if x["image"]]
+    line = (f"tokens per sample ({encoder.family.model_type}, template {encoder.template_name}): median "
+            f"{statistics.median(totals):.0f}, max {max(totals)} of max_length {encoder.max_length}")
+    if images:
+        line += f"; image tokens per image {min(images)}-{max(images)}"
+    return problems, len(rows), line
 
 
 @data_app.command("preview")
@@ -335,14 +376,15 @@ def data_preview_cmd(
     from rich.console import Console
     from rich.markup import escape
 
-    from vlx.data.dataset import prepare
     from vlx.data.formats import load_rows
     from vlx.data.preview import counts, render_text, summary, write_html
 
     if (base is None) == (preset is None):
         _fail("give exactly one of --base RUN or --preset NAME (whose tokenizer and template render the data)")
     try:
-        tokenizer, image_token_id, n_image, tmpl, max_length = _renderer(base, preset, template)
+        encoder = _encoder(base, preset, template)
+        tokenizer, image_token_id, tmpl, max_length = (encoder.tokenizer, encoder.image_token_id,
+                                                       encoder.template_name, encoder.max_length)
         if schema is not None:
             from vlx.schema import format_prompt, load_schema, validate_rows
             from vlx.train.finetune import _extraction_rows
@@ -355,8 +397,7 @@ def data_preview_cmd(
             problems: list = []
             rows = load_rows(data, image_folder=image_folder, problems=problems)
             bad = len(problems)
-        examples, more = prepare(rows, tokenizer, template=tmpl, image_token_id=image_token_id,
-                                 num_image_tokens=n_image, max_length=max_length)
+        examples, more = encoder.prepare(rows)
         bad += len(more)
     except (*_user_errors(), ValueError) as e:
         _fail(str(e))
@@ -381,36 +422,18 @@ def data_preview_cmd(
     console.print(escape(f"preview with images: {path}"))
 
 
-def _renderer(base: Path | None, preset: str | None, template: str | None):
-    """-> (tokenizer, image token id, image tokens per image, template, max_length) of a run or a preset."""
+def _encoder(base: Path | None, preset: str | None, template: str | None):
+    """The `SampleEncoder` of a run or checkpoint (`--base`) or of a preset's freshly built model."""
+    from vlx.data.samples import SampleEncoder
+
     if preset is not None:
         from vlx.config import ModelConfig
         from vlx.model.build import build_llava, resolve
 
         cfg = resolve(ModelConfig(preset=preset, template=template))
         model, processor = build_llava(cfg)
-        return processor.tokenizer, model.config.image_token_id, model.config.image_seq_length, cfg.template, cfg.max_length
-    from transformers import AutoProcessor
-
-    from vlx.inputs import read_json
-    from vlx.model import trust
-    from vlx.model.build import ModelLoadError
-    from vlx.run import RunInfo, max_length
-
-    info = RunInfo.load(base)
-    if info is not None and info.kind == "finetune" and info.base:
-        base = Path(info.base)
-    if not (Path(base) / "config.json").exists():
-        raise ModelLoadError(f"--base {base}: not a run or LLaVA checkpoint directory (no config.json)")
-    config = read_json(Path(base) / "config.json")
-    processor = AutoProcessor.from_pretrained(base, trust_remote_code=trust.trust_remote_code())
-    tmpl = template or (info.template if info is not None else None)
-    if tmpl is None:
-        from vlx.model.families import training_template
-
-        tmpl = training_template(processor)
-    image_id = config.get("image_token_id", config.get("image_token_index"))
-    return processor.tokenizer, image_id, config.get("image_seq_length", 576), tmpl, max_length(base)
+        return SampleEncoder.for_model(model, processor, template=cfg.template, max_length=cfg.max_length)
+    return SampleEncoder.for_checkpoint(base, template=template)
 
 
 # ---- data synth -------------------------------------------------------------------------------

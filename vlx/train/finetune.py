@@ -29,9 +29,10 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from vlx.config import ConfigError, FinetuneDataConfig, LoraConfig, TrainConfig, to_dict
-from vlx.data.dataset import Collator, LlavaDataset, prepare, report_problems
+from vlx.data.dataset import Collator, LlavaDataset, report_problems
 from vlx.data.formats import DataError, Row, load_rows
-from vlx.data.vlm_data import VlmDataset, prepare_vlm
+from vlx.data.samples import SampleEncoder
+from vlx.data.vlm_data import VlmDataset
 from vlx.model.vlm import check_pixel_budget, set_pixel_budget
 from vlx.device import device
 from vlx.model.build import ModelLoadError, resolve_checkpoint
@@ -251,13 +252,8 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
 
     rows = _extraction_rows(report, fmt) + _chat_rows(data_cfg, len(train_rows), out, train_cfg.seed)
     max_length = run_max_length(base)
-    if family.inputs == "processor":
-        examples, problems = prepare_vlm(rows, processor, max_length=max_length, spell=tuple(data_cfg.spell_fields))
-    else:
-        examples, problems = prepare(rows, processor.tokenizer, template=template,
-                                     image_token_id=model.config.image_token_id,
-                                     num_image_tokens=model.config.image_seq_length, max_length=max_length,
-                                     spell=tuple(data_cfg.spell_fields))
+    encoder = SampleEncoder.for_model(model, processor, template=template, max_length=max_length)
+    examples, problems = encoder.prepare(rows, spell=tuple(data_cfg.spell_fields))
     if problems:
         raise DataError(report_problems(problems, what="fine-tuning data") +
                         f"\n(max_length={max_length} from the base run; the format prompt is "
