@@ -221,6 +221,16 @@ def test_finetune_extract_export_on_a_qwen2_vl_checkpoint(qwen2_vl, tmp_path):
         assert torch.allclose(merged(**inputs).logits, adapted(**inputs).logits, atol=1e-4)
         plain = AutoModelForImageTextToText.from_pretrained(qwen2_vl).eval()  # `base` now holds the adapter
         assert not torch.allclose(merged(**inputs).logits, plain(**inputs).logits, atol=1e-4)
+    # The serving pair: the base with the trained connector, and the language model's LoRA alone.
+    result = runner.invoke(app, ["export", "--model", str(run), "--out", str(tmp_path / "serve"), "--lora"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "serve" / "adapter" / "adapter_config.json").read_text())
+    keys = load_file(str(tmp_path / "serve" / "adapter" / "adapter_model.safetensors"))
+    assert config["modules_to_save"] is None and keys and all(".lora_" in k and "language_model" in k for k in keys)
+    served = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tmp_path / "serve" / "base"),
+                                       tmp_path / "serve" / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(served(**inputs).logits, merged(**inputs).logits, atol=1e-4)
     result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(qwen2_vl), "--data", str(rows),
                                  "--out", str(tmp_path / "packed"), "--packing"])
     model_type = json.loads((qwen2_vl / "config.json").read_text())["model_type"]

@@ -246,18 +246,23 @@ def _base_preset(base: Path) -> str:
 def export_cmd(
     model: Annotated[Path, typer.Option(help="A `vlx finetune` run directory.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the merged standalone checkpoint.")],
+    lora: Annotated[bool, typer.Option("--lora", help="Instead: OUT/base (the base with the trained connector) and OUT/adapter (the language model's LoRA only), for vLLM --enable-lora (docs/serving.md).")] = False,
     allow_pickle: AllowPickle = False,
     trust_remote_code: TrustRemoteCode = False,
 ):
-    """Merge a fine-tune run's adapter into a standalone transformers checkpoint."""
+    """Merge a fine-tune run's adapter into a standalone transformers checkpoint (or, --lora, a base + LoRA pair)."""
     _policy(allow_pickle, trust_remote_code)
-    from vlx.export import export_merged
+    from vlx.export import export_lora, export_merged
 
     try:
-        path = export_merged(model, out)
+        path = export_lora(model, out) if lora else export_merged(model, out)
     except _user_errors() as e:
         _fail(str(e))
-    typer.echo(f"merged checkpoint written to {path} (plain transformers loads it; vlx.load keeps its schema)")
+    if lora:
+        typer.echo(f"base with the trained connector in {path}/base, language-model LoRA in {path}/adapter "
+                   f"(vllm serve {path}/base --enable-lora --lora-modules task={path}/adapter)")
+    else:
+        typer.echo(f"merged checkpoint written to {path} (plain transformers loads it; vlx.load keeps its schema)")
 
 
 def _row_order(problem) -> tuple:

@@ -1,4 +1,7 @@
-"""`vlx export --model RUN --out DIR`: a fine-tune run merged into one standalone checkpoint.
+"""`vlx export --model RUN --out DIR [--lora]`: a fine-tune run merged into one standalone checkpoint,
+or, with `--lora`, the pair a LoRA server (vLLM `--enable-lora`) takes: `DIR/base`, the base checkpoint
+with the connector the run trained, and `DIR/adapter`, the language model's LoRA alone (no
+`modules_to_save`, which vLLM refuses). Both give the fine-tuned model's logits (tested).
 
 The LoRA deltas are folded into the LLM weights and the fine-tuned projector replaces the base
 one; the result is a plain transformers LLaVA directory (loadable without vlx and servable by
@@ -51,3 +54,52 @@ def export_merged(run: str | Path, out: str | Path) -> Path:
         RunInfo(kind="export", template=info.template, base=info.base, schema_class=info.schema_class,
                 extra={"from_run": str(Path(run).resolve())}).save(tmp)
     return Path(out)
+
+
+PREFIX = "base_model.model."
+"""peft's prefix on every key of a saved adapter."""
+
+
+def export_lora(run: str | Path, out: str | Path) -> Path:
+    """Write `out/base` (the base with the run's trained connector) and `out/adapter` (LoRA on the
+    language model only), atomically."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    run = Path(run)
+    info = RunInfo.load(run)
+    if info is None or info.kind != "finetune":
+        raise ModelLoadError(f"{run} is not a `vlx finetune` run (vlx_run.json missing or not kind 'finetune')")
+    adapter_dir = run / "adapter"
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise ModelLoadError(f"{run} has no adapter/adapter_model.safetensors; the run did not finish")
+    trust.check_dir(adapter_dir, "adapter")
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    lora = {k: v for k, v in weights.items() if ".lora_" in k}
+    connector = {k.removeprefix(PREFIX): v for k, v in weights.items() if ".lora_" not in k}
+    model, processor = load_checkpoint(info.base, use="finetune")
+    if (run / "processor_config.json").exists():
+        from vlx.model.vlm import load_processor
+
+        processor = load_processor(run)
+    missing = sorted(set(connector) - set(model.state_dict()))
+    if missing:
+        raise ModelLoadError(f"{adapter_dir}: trained weights {missing[:3]} have no place in the base model {info.base}; "
+                             "the run was trained on another base")
+    model.load_state_dict(connector, strict=False)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp / "base")
+        processor.save_pretrained(tmp / "base")
+        (tmp / "adapter").mkdir()
+        save_file(lora, str(tmp / "adapter" / "adapter_model.safetensors"))
+        config.update(modules_to_save=None, base_model_name_or_path="../base")
+        (tmp / "adapter" / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for name in CARRIED:
+            if (run / name).exists():
+                shutil.copyfile(run / name, tmp / name)
+        RunInfo(kind="export", template=info.template, base=info.base, schema_class=info.schema_class,
+                extra={"from_run": str(run.resolve()), "layout": "lora"}).save(tmp)
+    return Path(out)
+
