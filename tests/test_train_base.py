@@ -188,3 +188,34 @@ def test_projector_rate_is_its_own_group_and_the_logged_rate_is_the_runs(tmp_pat
     for g in groups:
         assert g["lr"] == (5e-5 if id(g["params"][0]) in projector else 1e-3)
         assert len({id(p) in projector for p in g["params"]}) == 1
+
+
+def test_train_base_takes_a_siglip_tower(colour_data, tmp_path):
+    """A LLaVA assembled from a SigLIP vision model (no CLS token: every patch feature kept) and a causal LM."""
+    from transformers import AutoModelForImageTextToText, SiglipVisionConfig, SiglipVisionModel
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    tower_dir = tmp_path / "siglip"
+    torch.manual_seed(0)
+    SiglipVisionModel(SiglipVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2)).save_pretrained(tower_dir)
+    SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tower_dir)
+    model, processor = build_llava(ModelConfig(preset="tiny", vision=str(tower_dir)))
+    assert type(model.model.vision_tower).__name__ == "SiglipVisionModel"
+    assert model.config.vision_feature_select_strategy == "full" and model.config.image_seq_length == 16
+    assert list(processor.image_processor.image_mean) == [0.5, 0.5, 0.5]  # the tower's statistics, not CLIP's
+    out = tmp_path / "base"
+    _train(["--stage1-data", str(colour_data / "captions.json"), "--stage2-data", str(colour_data / "instruct.json"),
+            "--out", str(out), "--vision", str(tower_dir), "--max-steps", "1"])
+    loaded = AutoModelForImageTextToText.from_pretrained(out)  # plain transformers, no vlx
+    assert type(loaded.model.vision_tower).__name__ == "SiglipVisionModel"
+    from PIL import Image
+
+    from vlx.model.build import load_llava
+
+    model, processor = load_llava(out)
+    inputs = processor(text=["<image>\nWhat colour?"], images=[Image.new("RGB", (40, 30), (200, 0, 0))],
+                       return_tensors="pt")
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == 16
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()

@@ -89,7 +89,7 @@ def train_base_cmd(
     report_to: Annotated[Optional[str], typer.Option(help="Experiment tracker: none (default), tensorboard (OUT/tensorboard), wandb or mlflow.")] = None,
     save_steps: Annotated[Optional[int], typer.Option(help="Write a resumable checkpoint every N steps.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Data order seed.")] = None,
-    vision: Annotated[Optional[str], typer.Option(help="Vision tower: hub id or local dir (overrides the preset).")] = None,
+    vision: Annotated[Optional[str], typer.Option(help="Vision tower: hub id or local dir of a CLIP or SigLIP vision model (overrides the preset).")] = None,
     llm: Annotated[Optional[str], typer.Option(help="LLM: hub id, local dir, or dir with a GGUF file (overrides the preset).")] = None,
     llm_gguf_file: Annotated[Optional[str], typer.Option(help="GGUF file name inside --llm.")] = None,
     projector: Annotated[Optional[str], typer.Option(help="mlp2x_gelu (LLaVA-1.5) or linear (LLaVA-1).")] = None,

@@ -63,8 +63,25 @@ def _smol_dir(make) -> str:
         raise ModelLoadError(str(e)) from e
 
 
+def _vision_class(source: str):
+    """CLIPVisionModel, or SiglipVisionModel for a SigLIP checkpoint (a whole SigLIP or its vision part)."""
+    from transformers import SiglipVisionModel
+
+    from vlx.inputs import InputError, read_json
+
+    config = Path(source) / "config.json"
+    if config.is_file():
+        try:
+            model_type = read_json(config).get("model_type", "")
+        except (InputError, AttributeError):
+            model_type = ""
+    else:  # a hub id: its name says
+        model_type = "siglip" if "siglip" in source.lower() else ""
+    return SiglipVisionModel if str(model_type).startswith("siglip") else CLIPVisionModel
+
+
 def _load_vision(source: str, seed: int):
-    """-> (CLIPVisionModel, image_mean, image_std)."""
+    """-> (CLIPVisionModel or SiglipVisionModel, image_mean, image_std)."""
     if source == "tiny":
         with torch.random.fork_rng():
             torch.manual_seed(seed + 1)
@@ -74,16 +91,16 @@ def _load_vision(source: str, seed: int):
     _check_path(source, "vision tower")
     trust.check_dir(source, "vision tower")
     try:
-        tower = CLIPVisionModel.from_pretrained(source, **trust.hub_kwargs())
+        tower = _vision_class(source).from_pretrained(source, **trust.hub_kwargs())
     except Exception as e:  # noqa: BLE001 - transformers raises many types; all mean "cannot load"
         raise ModelLoadError(
             f"cannot load vision tower {source!r}: {e}\n"
-            "Give a local directory with a CLIP vision model (config.json + weights), a hub id on a machine "
+            "Give a local directory with a CLIP or SigLIP vision model (config.json + weights), a hub id on a machine "
             "with network access, or the preset name 'tiny'."
         ) from e
     try:
         proc = CLIPImageProcessorPil.from_pretrained(source, trust_remote_code=trust.trust_remote_code())
-        return tower.eval(), proc.image_mean, proc.image_std
+        return tower.eval(), proc.image_mean, proc.image_std  # the tower's own statistics (SigLIP: 0.5, 0.5)
     except Exception:  # noqa: BLE001 - no preprocessor config: CLIP's own statistics
         return tower.eval(), None, None
 

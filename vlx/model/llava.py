@@ -50,6 +50,15 @@ def num_image_tokens(vision_config: PretrainedConfig) -> int:
     return (vision_config.image_size // vision_config.patch_size) ** 2
 
 
+def has_cls(vision_config: PretrainedConfig) -> bool:
+    """CLIP towers prepend a CLS token (dropped: `default`); SigLIP towers have none (kept whole: `full`)."""
+    return not vision_config.model_type.startswith("siglip")
+
+
+def select_strategy(vision_config: PretrainedConfig) -> str:
+    return VISION_FEATURE_SELECT_STRATEGY if has_cls(vision_config) else "full"
+
+
 def llava_config(
     vision_config: PretrainedConfig,
     text_config: PretrainedConfig,
@@ -66,7 +75,7 @@ def llava_config(
         image_seq_length=num_image_tokens(vision_config),
         projector_hidden_act=PROJECTOR_ACT[projector],
         vision_feature_layer=VISION_FEATURE_LAYER,
-        vision_feature_select_strategy=VISION_FEATURE_SELECT_STRATEGY,
+        vision_feature_select_strategy=select_strategy(vision_config),
         multimodal_projector_bias=True,
         tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
     )
@@ -118,8 +127,8 @@ def llava_processor(tokenizer, vision_config: PretrainedConfig, *, aspect_ratio:
         image_processor=image_processor(vision_config.image_size, aspect_ratio=aspect_ratio, **kwargs),
         tokenizer=tokenizer,
         patch_size=vision_config.patch_size,
-        vision_feature_select_strategy=VISION_FEATURE_SELECT_STRATEGY,
-        num_additional_image_tokens=1,  # CLIP's CLS; `default` drops it again
+        vision_feature_select_strategy=select_strategy(vision_config),
+        num_additional_image_tokens=int(has_cls(vision_config)),  # CLIP's CLS; `default` drops it again
         image_token=IMAGE_TOKEN,
         chat_template=chat_template,
     )

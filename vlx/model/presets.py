@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 class Preset:
     name: str
     vision: str
-    """`tiny`, `smol-clip` (the tower that ships with vlx) or a hub id / local directory of a CLIP vision model."""
+    """`tiny`, `smol-clip` (the tower that ships with vlx) or a hub id / local directory of a CLIP or SigLIP vision model."""
     llm: str
     """`tiny`, `smol` or a hub id / local directory of a causal LM."""
     description: str
