@@ -232,9 +232,54 @@ def test_finetune_extract_export_on_a_qwen2_vl_checkpoint(qwen2_vl, tmp_path):
     with torch.no_grad():
         assert torch.allclose(served(**inputs).logits, merged(**inputs).logits, atol=1e-4)
     result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(qwen2_vl), "--data", str(rows),
-                                 "--out", str(tmp_path / "packed"), "--packing"])
-    model_type = json.loads((qwen2_vl / "config.json").read_text())["model_type"]
-    assert result.exit_code == 2 and f"--packing is not available for '{model_type}'" in result.stderr
+                                 "--out", str(tmp_path / "packed"), "--packing", "--max-steps", "1", "--val-fraction", "0"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def test_qwen_packing_gives_every_sample_the_logits_it_has_alone(qwen2_vl, tmp_path):
+    """Packed with 4-row position ids (text row + the sample's own mRoPE rows): exact. Restarting 1-D ids: not."""
+    import torch
+
+    from vlx.data.dataset import Collator
+    from vlx.data.formats import Row
+    from vlx.data.packing import PackingCollator, mrope_index, pack_rows
+    from vlx.data.vlm_data import VlmDataset, prepare_vlm
+    from vlx.model.vlm import load_vlm
+
+    model, processor = load_vlm(qwen2_vl)
+    rows = []
+    for i, size in enumerate([(56, 56), (112, 84), (150, 90)]):
+        Image.new("RGB", size, (60 * i, 100, 20)).save(tmp_path / f"{i}.png")
+        rows.append(Row(origin=f"r{i}", image=str(tmp_path / f"{i}.png"), source="extraction",
+                        conversations=[{"from": "human", "value": "<image>\nRead."}, {"from": "gpt", "value": f'{{"a":{i}}}'}]))
+    rows.append(Row(origin="chat", image=None, source="chat",
+                    conversations=[{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}]))
+    examples, problems = prepare_vlm(rows, processor, max_length=4096)
+    assert not problems
+    items = [VlmDataset(examples, processor)[i] for i in range(len(examples))]
+    lengths = [len(e.input_ids) for e in examples]
+    pad = processor.tokenizer.pad_token_id
+    with torch.no_grad():
+        alone = []
+        for item in items:
+            batch = Collator(pad)([item])
+            batch.pop("labels")
+            alone.append(model(**batch).logits[0])
+
+        def worst(collator, one_row):
+            batch = collator(items)
+            batch.pop("labels")
+            logits, err = model(**batch).logits, 0.0
+            for r, row in enumerate(pack_rows(lengths, None if one_row else max(lengths))):
+                start = 0
+                for i in row:
+                    err = max(err, (logits[r, start:start + lengths[i]] - alone[i]).abs().max().item())
+                    start += lengths[i]
+            return err
+
+        for one_row in (True, False):
+            assert worst(PackingCollator(pad, one_row=one_row, rope_index=mrope_index(model)), one_row) < 1e-5
+        assert worst(PackingCollator(pad, one_row=True), True) > 1e-2  # 1-D restarting ids corrupt the later samples
 
 
 def test_unsupported_families_are_refused_in_one_line(tmp_path):

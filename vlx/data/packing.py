@@ -27,6 +27,14 @@ over the same tokens, divided by the same count, without the rest of the vocabul
 
 Images stay in step with their `<image>` tokens: pixel values (or cached tower features) are stacked
 in the order their samples appear in the packed rows, which is the order the model scatters them in.
+
+Qwen-family models (multimodal RoPE) take `rope_index`: each sample's three mRoPE position rows
+(temporal, height, width) computed on the sample alone by the model's own `get_rope_index`, under a
+fourth, plain text row 0, 1, 2, ... that restarts per sample; transformers reads the sequence
+boundaries from that text row (a `(4, rows, L)` tensor). Restarting 1-D ids would place every
+sample's image tokens at text positions and leak attention across samples; the processor's own
+image inputs (`pixel_values` patches, `image_grid_thw`) and per-token `mm_token_type_ids` follow
+the packed order.
 """
 
 from __future__ import annotations
@@ -62,6 +70,19 @@ def packs_into_one_row(model) -> bool:
     return PACKING_ATTENTION[impl] == "one row"
 
 
+def mrope_index(model):
+    """`PackingCollator.rope_index` of a Qwen-family model (peft-wrapped or not): its `get_rope_index`."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = inner.model  # Qwen2VLModel / Qwen2_5_VLModel: get_rope_index reads only its config
+
+    def rope_index(input_ids, mm_token_type_ids, image_grid_thw):
+        with torch.no_grad():
+            return inner.get_rope_index(input_ids, mm_token_type_ids, image_grid_thw=image_grid_thw,
+                                        attention_mask=torch.ones_like(input_ids))[0]
+
+    return rope_index
+
+
 def pack_rows(lengths: list[int], capacity: int | None) -> list[list[int]]:
     """First-fit decreasing: sample indices per row, each row's total <= capacity (None: one row)."""
     if capacity is None:
@@ -93,6 +114,9 @@ class PackingCollator:
     """Also pass `logits_to_keep` (train with `compute_loss_func=supervised_loss`)."""
     sources: tuple[str, ...] | None = None
     """Pass `source_ids`, each token's data source index, for per-source loss logging."""
+    rope_index: object = None
+    """Qwen-family mRoPE: `(input_ids (1, n), mm_token_type_ids (1, n), image_grid_thw | None) -> (3, 1, n)`
+    position ids of one sample (`mrope_index(model)`); `position_ids` are then `(4, rows, L)`."""
 
     def __call__(self, batch: list[dict]) -> dict:
         lengths = [len(b["input_ids"]) for b in batch]
@@ -102,7 +126,10 @@ class PackingCollator:
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
         source_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        pixels, features = [], []
+        pixels, features, processed = [], [], []
+        token_keys = sorted({k for b in batch for k in b.get("token_inputs", {})})
+        token_inputs = {k: torch.zeros((len(rows), width), dtype=torch.long) for k in token_keys}
+        mrope = torch.zeros((3, len(rows), width), dtype=torch.long) if self.rope_index is not None else None
         for r, row in enumerate(rows):
             start = 0
             for i in row:
@@ -111,6 +138,14 @@ class PackingCollator:
                 input_ids[r, start:start + n] = torch.tensor(b["input_ids"])
                 labels[r, start + 1:start + n] = torch.tensor(b["labels"][1:])  # nothing predicted across samples
                 position_ids[r, start:start + n] = torch.arange(n)
+                for k in token_keys:
+                    if k in b.get("token_inputs", {}):
+                        token_inputs[k][r, start:start + n] = torch.tensor(b["token_inputs"][k])
+                if mrope is not None:  # this sample's own mRoPE rows, as if it were alone
+                    types = (token_inputs["mm_token_type_ids"][r:r + 1, start:start + n]
+                             if "mm_token_type_ids" in token_inputs else torch.zeros((1, n), dtype=torch.long))
+                    grid = b.get("image_inputs", {}).get("image_grid_thw")
+                    mrope[:, r, start:start + n] = self.rope_index(input_ids[r:r + 1, start:start + n], types, grid)[:, 0]
                 if self.sources is not None:
                     source_ids[r, start:start + n] = self.sources.index(b["source"])
                 start += n
@@ -118,10 +153,18 @@ class PackingCollator:
                     pixels.append(b["pixel_values"])
                 if b.get("vision_features") is not None:
                     features.append(b["vision_features"])
+                if b.get("image_inputs"):
+                    processed.append(b["image_inputs"])
             position_ids[r, start:] = torch.arange(width - start)  # the pad tail is a segment of its own
+            if mrope is not None:
+                mrope[:, r, start:] = torch.arange(width - start)
         # use_cache=False: transformers skips packed-sequence detection whenever a KV cache exists, and the
         # Trainer switches the cache off only on the top-level LlavaConfig, not on the LLM's own config.
-        out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False}
+        if mrope is not None:  # the text row first: transformers finds the samples' boundaries in it
+            position_ids = torch.cat([position_ids[None], mrope])
+        out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False, **token_inputs}
+        for key in processed[0] if processed else ():  # the processor's own image inputs, in packed order
+            out[key] = torch.cat([p[key] for p in processed])
         if pixels:
             out["pixel_values"] = torch.stack(pixels)  # (n_images, 3, S, S), in packed order
         if features:

@@ -52,6 +52,9 @@ class Family:
     processor, which expands each image to its size's token count (`vlx.data.vlm_data`)."""
     packing: bool = False
     """`--packing` gives the same per-sample logits as unpacked batches (tested)."""
+    mrope: bool = False
+    """Multimodal RoPE (Qwen): packed samples need their own 3-row position ids under a text row
+    (`vlx.data.packing.mrope_index`)."""
     pixel_budget: bool = False
     """The image processor resizes into a pixel range (`size` = {shortest_edge: min, longest_edge: max}
     pixels), which `--min-pixels` / `--max-pixels` set (Qwen2/2.5-VL)."""
@@ -71,10 +74,10 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            _pattern("model.language_model"), note="anyres image tokens through the processor: not yet"),
     Family("qwen2_vl", "model.language_model", "model.visual.merger", "model.visual",
            _pattern("model.language_model"), finetune=True, extract=True, inputs="processor", pixel_budget=True,
-           note="--packing needs per-sample 3-row mRoPE position ids plus a text row: not yet"),
+           packing=True, mrope=True),
     Family("qwen2_5_vl", "model.language_model", "model.visual.merger", "model.visual",
            _pattern("model.language_model"), finetune=True, extract=True, inputs="processor", pixel_budget=True,
-           note="--packing needs per-sample 3-row mRoPE position ids plus a text row: not yet"),
+           packing=True, mrope=True),
     Family("qwen3_vl", "model.language_model", "model.visual.merger", "model.visual",
            _pattern("model.language_model"), note="as qwen2_vl, plus deepstack mergers: not yet"),
     Family("qwen3_5", "model.language_model", "model.visual.merger", "model.visual",

@@ -44,7 +44,7 @@ from vlx.run import max_length as run_max_length
 from vlx.schema import check_supported, format_prompt, json_schema, load_schema, validate_rows
 from vlx.train import tracking
 from vlx.train.base import training_args
-from vlx.data.packing import PackingCollator, packs_into_one_row, supervised_loss
+from vlx.data.packing import PackingCollator, mrope_index, packs_into_one_row, supervised_loss
 from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, trainable_summary
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,8 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
         args=args,
         train_dataset=dataset,
         # Logits only where the next token is supervised: the answers, a small share of each sample.
-        data_collator=(PackingCollator(processor.tokenizer.pad_token_id, one_row, supervised_logits=True, sources=SOURCES)
+        data_collator=(PackingCollator(processor.tokenizer.pad_token_id, one_row, supervised_logits=True, sources=SOURCES,
+                                       rope_index=mrope_index(model) if family.mrope else None)
                        if data_cfg.packing else
                        Collator(processor.tokenizer.pad_token_id, sources=SOURCES, supervised_logits=True)),
         compute_loss_func=supervised_loss,
