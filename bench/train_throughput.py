@@ -21,6 +21,13 @@ its own) from the same saved initial weights:
     `modules_to_save=["multi_modal_projector"]`), answers supervised as above;
   - `vlx-lora`: `LlavaTrainer` as `vlx finetune` runs it (supervised-only logits, per-source loss);
   - `vlx-lora+packing`: the same with `--packing`;
+- the same LoRA fine-tune on a Qwen2-VL shape (`--qwen`: SmolLM2-135M's text shape and 49k
+  tokenizer in a Qwen2-VL with a 4-block vision tower, random weights, 448 px images: 256 image
+  tokens through the processor, as the smol LLaVA has), the connector `visual.merger` trained beside:
+  - `trl-qwen-lora`: `SFTTrainer` with `peft_config`, the checkpoint's chat template with
+    `{% generation %}` marks so the same answers and `<|im_end|>` are supervised;
+  - `vlx-qwen-lora`: as `vlx finetune` runs a Qwen checkpoint (processor-side samples, supervised-only logits);
+  - `vlx-qwen-lora+packing`: the same with `--packing` (4-row mRoPE position ids);
 - stage 1 (alignment: only the projector trains) over several epochs, with and without the feature
   cache (and with cache and packing); throughput is taken from the second epoch on.
 
@@ -54,6 +61,8 @@ STAGE2 = ("trl", "vlx", "vlx+packing", "vlx+packing+cache")
 FINETUNE = ("trl-lora", "vlx-lora", "vlx-lora+packing")
 LORA = dict(r=64, alpha=128, dropout=0.05)  # the demo's LoRA for the 135M smol LLM
 STAGE1 = ("stage1", "stage1+cache", "stage1+packing+cache")
+QWEN = ("trl-qwen-lora", "vlx-qwen-lora", "vlx-qwen-lora+packing")
+QWEN_PIXELS = 448 * 448  # 32 x 32 patches, merged 2 x 2: 256 image tokens, as many as the smol LLaVA's
 
 
 # --- shared setup (parent process) -------------------------------------------------------------
@@ -73,6 +82,41 @@ def make_model(work: Path, quick: bool) -> Path:
     model.save_pretrained(init)
     processor.save_pretrained(init)
     return init
+
+
+def make_qwen_model(work: Path, quick: bool) -> Path:
+    """A random Qwen2-VL of SmolLM2-135M's text shape around its tokenizer (tiny with `--quick`), saved once."""
+    from vlx.model.tiny import save_qwen2_vl, tiny_qwen2_vl
+
+    path = work / "init-qwen"
+    if (path / "config.json").exists():
+        return path
+    if quick:
+        return tiny_qwen2_vl(path)
+    from transformers import AutoTokenizer
+
+    from vlx.model import smol
+
+    tokenizer = AutoTokenizer.from_pretrained(smol.llm_dir())
+    return save_qwen2_vl(path, tokenizer, min_pixels=QWEN_PIXELS, max_pixels=QWEN_PIXELS,
+                         text=dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                                   num_key_value_heads=3, mrope_section=[16, 8, 8]),
+                         vision=dict(depth=4, hidden_size=256, num_heads=4, mlp=1024))
+
+
+def qwen_training_template() -> str:
+    """The tiny Qwen chat template with `{% generation %}` around each answer and its `<|im_end|>`."""
+    from vlx.model.tiny import QWEN_CHAT_TEMPLATE
+
+    old = "{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}"
+    assert old in QWEN_CHAT_TEMPLATE
+    return (QWEN_CHAT_TEMPLATE
+            .replace("{{ '<|im_end|>\n' }}{% endfor %}",
+                     "{% if message['role'] == 'assistant' %}{% generation %}{{ '<|im_end|>' }}{% endgeneration %}"
+                     "{{ '\n' }}{% else %}{{ '<|im_end|>\n' }}{% endif %}{% endfor %}")
+            .replace("{% elif part['type'] == 'text' %}{{ part['text'] }}",
+                     "{% elif part['type'] == 'text' %}{% if message['role'] == 'assistant' %}{% generation %}"
+                     "{{ part['text'] }}{% endgeneration %}{% else %}{{ part['text'] }}{% endif %}"))
 
 
 def smol_vision(work: Path) -> str:
@@ -168,8 +212,8 @@ def counting(trainer_cls, pad_token_id: int):
 
 
 def run_one(name: str, args) -> dict:
-    from transformers import TrainerCallback
-
+    if name in QWEN:
+        return run_qwen(name, args)
     from vlx.config import TrainConfig
     from vlx.data.dataset import Collator, LlavaDataset, prepare
     from vlx.data.feature_cache import CachedFeatureDataset, FeatureCache, fill_feature_cache
@@ -276,6 +320,15 @@ def run_one(name: str, args) -> dict:
                       compute_loss_func=supervised_loss, source_names=sources)
         trainer.args.save_strategy = "no"
 
+    return _measure(name, trainer, on_step, clock, args, epochs=epochs, stage=stage, precision=precision, fill_s=fill_s)
+
+
+def _measure(name, trainer, on_step, clock, args, *, epochs: int, stage: str, precision: str, fill_s) -> dict:
+    """Train, then the figures of the measured span (see the module doc)."""
+    from transformers import TrainerCallback
+
+    from vlx.device import device
+
     class StepTokens(TrainerCallback):
         def on_step_end(self, *a, **kw):
             on_step(trainer)
@@ -309,6 +362,72 @@ def run_one(name: str, args) -> dict:
             "peak_mb": peak, "final_loss": sum(last) / len(last),
             "loss_spread": (max(last) - min(last)) / 2, "losses": clock.losses, "fill_s": fill_s,
             "first_epoch_s": first_epoch_s, "precision": precision, "device": device()}
+
+
+def run_qwen(name: str, args) -> dict:
+    """The LoRA fine-tune on the Qwen2-VL shape: TRL or vlx, from the same saved weights."""
+    from vlx.config import LoraConfig, TrainConfig
+    from vlx.data.dataset import Collator
+    from vlx.data.packing import PackingCollator, mrope_index, packs_into_one_row, supervised_loss
+    from vlx.data.samples import SampleEncoder
+    from vlx.data.vlm_data import VlmDataset
+    from vlx.device import device, resolve_precision
+    from vlx.model.families import FAMILIES, lora_targets
+    from vlx.model.vlm import load_vlm
+    from vlx.train.base import training_args
+    from vlx.train.finetune import attach_lora
+    from vlx.train.trainer import LlavaTrainer
+
+    torch.manual_seed(0)
+    model, processor = load_vlm(args.init_qwen)
+    family = FAMILIES[model.config.model_type]
+    precision = resolve_precision("auto")
+    cfg = TrainConfig(learning_rate=1e-3, global_batch_size=args.global_batch, per_device_batch_size=args.micro_batch,
+                      epochs=1, max_steps=args.steps, warmup_ratio=0.0, precision=precision, logging_steps=1, seed=0)
+    clock = Clock()
+    pad = processor.tokenizer.pad_token_id
+    out_dir = Path(args.work) / "out" / name
+    rows = extraction_rows(Path(args.poi))
+    if name == "trl-qwen-lora":
+        from datasets import Dataset
+        from peft import LoraConfig as PeftLoraConfig
+        from trl import SFTConfig, SFTTrainer
+
+        from vlx.data.dataset import open_image, row_turns
+        from vlx.data.vlm_data import messages
+
+        for p in model.parameters():
+            p.requires_grad_(False)
+        records = [{"messages": messages(row_turns(row, "processor")), "images": [open_image(row.image)]} for row in rows]
+        processor.chat_template = qwen_training_template()
+        sft = SFTConfig(
+            output_dir=str(out_dir), per_device_train_batch_size=cfg.per_device_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps(1), learning_rate=cfg.learning_rate,
+            max_steps=cfg.max_steps, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=0, weight_decay=0.0,
+            logging_steps=1, save_strategy="no", seed=0, data_seed=0, bf16=precision == "bf16",
+            use_cpu=device() == "cpu", report_to="none", max_length=None, assistant_only_loss=True,
+            gradient_checkpointing=cfg.gradient_checkpointing, dataloader_num_workers=0)
+        peft = PeftLoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                              target_modules=lora_targets(model, family), bias="none", modules_to_save=["merger"])
+        cls, on_step = counting(SFTTrainer, pad)
+        trainer = cls(model=model, args=sft, train_dataset=Dataset.from_list(records), processing_class=processor,
+                      callbacks=[clock.callback()], peft_config=peft)
+    else:
+        model = attach_lora(model, LoraConfig(**LORA), family)
+        encoder = SampleEncoder.for_model(model.get_base_model(), processor, template=None, max_length=4096)
+        examples, bad = encoder.prepare(rows)
+        assert not bad, bad[:3]
+        dataset = VlmDataset(examples, processor)
+        sources = ("extraction", "chat")
+        collator = (PackingCollator(pad, packs_into_one_row(model), supervised_logits=True, sources=sources,
+                                    rope_index=mrope_index(model)) if name.endswith("packing")
+                    else Collator(pad, sources=sources, supervised_logits=True))
+        cls, on_step = counting(LlavaTrainer, pad)
+        trainer = cls(model=model, args=training_args(cfg, out_dir), train_dataset=dataset, data_collator=collator,
+                      modality_lengths=dataset.lengths, callbacks=[clock.callback()],
+                      compute_loss_func=supervised_loss, source_names=sources)
+        trainer.args.save_strategy = "no"
+    return _measure(name, trainer, on_step, clock, args, epochs=1, stage="lora", precision=precision, fill_s=None)
 
 
 def training_template(template: str) -> str:
@@ -346,7 +465,7 @@ def main(argv=None) -> int:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--stage1-epochs", type=int, default=3)
     p.add_argument("--image-size", type=int, default=336, help="synthetic image side (LLaVA's data: 336 and up)")
-    p.add_argument("--only", default=",".join(STAGE2 + FINETUNE + STAGE1), help="comma-separated subset of the runs")
+    p.add_argument("--only", default=",".join(STAGE2 + FINETUNE + STAGE1 + QWEN), help="comma-separated subset of the runs")
     p.add_argument("--work", help="working directory (default: a temporary one)")
     p.add_argument("--json", help="write all results here")
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -354,6 +473,7 @@ def main(argv=None) -> int:
     p.add_argument("--captions", help=argparse.SUPPRESS)
     p.add_argument("--instruct", help=argparse.SUPPRESS)
     p.add_argument("--poi", help=argparse.SUPPRESS)
+    p.add_argument("--init-qwen", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.one:
@@ -365,7 +485,9 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     data = make_data(work, args.samples, args.image_size)
+    names = args.only.split(",")
     init = make_model(work, args.quick)
+    init_qwen = make_qwen_model(work, args.quick) if any(n in QWEN for n in names) else init
     from vlx.model.build import resolve
     from vlx.config import ModelConfig
 
@@ -374,8 +496,8 @@ def main(argv=None) -> int:
     print(f"setup {time.time() - t0:.0f} s; work dir {work}", file=sys.stderr)
 
     results = {}
-    for name in args.only.split(","):
-        cmd = [sys.executable, __file__, "--one", name, "--init", str(init), "--work", str(work),
+    for name in names:
+        cmd = [sys.executable, __file__, "--one", name, "--init", str(init), "--init-qwen", str(init_qwen), "--work", str(work),
                "--captions", str(data["captions"]), "--instruct", str(data["instruct"]), "--poi", str(data["poi"]),
                "--steps", str(args.steps), "--global-batch", str(args.global_batch),
                "--micro-batch", str(args.micro_batch), "--stage1-epochs", str(args.stage1_epochs)]
@@ -426,6 +548,15 @@ def report(results: dict, args) -> None:
                 print(f"{name} / trl-lora: {results[name]['samples_per_s'] / results['trl-lora']['samples_per_s']:.2f}x "
                       f"samples/s, {results[name]['samples_per_cpu_s'] / results['trl-lora']['samples_per_cpu_s']:.2f}x "
                       "samples/cpu-s")
+    if "trl-qwen-lora" in results:
+        for name in ("vlx-qwen-lora", "vlx-qwen-lora+packing"):
+            if name in results:
+                print(f"{name} / trl-qwen-lora: "
+                      f"{results[name]['samples_per_s'] / results['trl-qwen-lora']['samples_per_s']:.2f}x samples/s, "
+                      f"{results[name]['samples_per_cpu_s'] / results['trl-qwen-lora']['samples_per_cpu_s']:.2f}x samples/cpu-s")
+    if "vlx-qwen-lora" in results and "vlx-qwen-lora+packing" in results:
+        print(f"vlx-qwen-lora+packing / vlx-qwen-lora: "
+              f"{results['vlx-qwen-lora+packing']['samples_per_s'] / results['vlx-qwen-lora']['samples_per_s']:.2f}x samples/s")
     if "vlx-lora" in results and "vlx-lora+packing" in results:
         print(f"vlx-lora+packing / vlx-lora: "
               f"{results['vlx-lora+packing']['samples_per_s'] / results['vlx-lora']['samples_per_s']:.2f}x samples/s")

@@ -94,15 +94,6 @@ QWEN_CHAT_TEMPLATE = (
 def tiny_qwen2_vl(path, *, seed: int = 0, model_type: str = "qwen2_vl"):
     """Save a random 2-layer Qwen2-VL or Qwen2.5-VL (`model_type`): model, tokenizer, image processor and
     chat template, laid out as the hub ships them."""
-    import torch
-    import transformers
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    names = {"qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
-             "qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor")}
-    if model_type not in names:
-        raise ValueError(f"model_type {model_type!r}: use one of {', '.join(names)}")
-    config_cls, model_cls, processor_cls = (getattr(transformers, n) for n in names[model_type])
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -113,19 +104,49 @@ def tiny_qwen2_vl(path, *, seed: int = 0, model_type: str = "qwen2_vl"):
                                         model_max_length=4096,
                                         extra_special_tokens={"image_token": "<|image_pad|>",
                                                               "video_token": "<|video_pad|>"})
-    ids = {t: tok.token_to_id(t) for t in QWEN_SPECIAL}
-    vision = dict(depth=2, hidden_size=32, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    return save_qwen2_vl(path, tokenizer, model_type=model_type, seed=seed,
+                         text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, mrope_section=[2, 1, 1]),
+                         vision=dict(depth=2, hidden_size=32, num_heads=2, mlp=64),
+                         min_pixels=56 * 56, max_pixels=112 * 112)
+
+
+def save_qwen2_vl(path, tokenizer, *, text: dict, vision: dict, model_type: str = "qwen2_vl", seed: int = 0,
+                  min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280):
+    """Save a random Qwen2-VL / Qwen2.5-VL of the given sizes around `tokenizer` (its Qwen special tokens
+    added where missing): `text` takes hidden_size, intermediate_size, num_hidden_layers,
+    num_attention_heads, num_key_value_heads, mrope_section; `vision` depth, hidden_size, num_heads, mlp."""
+    import torch
+    import transformers
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    names = {"qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
+             "qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor")}
+    if model_type not in names:
+        raise ValueError(f"model_type {model_type!r}: use one of {', '.join(names)}")
+    config_cls, model_cls, processor_cls = (getattr(transformers, n) for n in names[model_type])
+    missing = [t for t in QWEN_SPECIAL if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
+    tokenizer.image_token, tokenizer.video_token = "<|image_pad|>", "<|video_pad|>"
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    text = dict(text)
+    mrope = text.pop("mrope_section")
+    v = dict(vision)
+    mlp = v.pop("mlp")
+    v.update(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
     if model_type == "qwen2_vl":
-        vision.update(embed_dim=32, mlp_ratio=2)
+        v.update(embed_dim=v["hidden_size"], mlp_ratio=mlp // v["hidden_size"], hidden_size=text["hidden_size"])
     else:  # Qwen2.5-VL: a gated MLP, window attention but in the blocks listed as full, merger out to the LLM width
-        vision.update(intermediate_size=64, out_hidden_size=32, window_size=56, fullatt_block_indexes=[1])
+        v.update(intermediate_size=mlp, out_hidden_size=text["hidden_size"], window_size=56,
+                 fullatt_block_indexes=[v["depth"] - 1])
     config = config_cls(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+        text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=4096, **text,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),
-        vision_config=vision,
+        vision_config=v,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
@@ -134,7 +155,7 @@ def tiny_qwen2_vl(path, *, seed: int = 0, model_type: str = "qwen2_vl"):
         model = model_cls(config).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
     from vlx.model.vlm import without_video
 
     processor = without_video(processor_cls)(image_processor=image_processor, tokenizer=tokenizer,
