@@ -240,7 +240,7 @@ def run_one(name: str, args) -> dict:
             model = attach_lora(model, LoraConfig(**LORA))
     else:
         set_trainable(model, stage)
-    precision = resolve_precision("auto")
+    precision = resolve_precision(args.precision)
     epochs = args.stage1_epochs if stage == "1" else 1
     cfg = TrainConfig(learning_rate={"1": 1e-3, "2": 5e-5, "lora": 1e-3}[stage], global_batch_size=args.global_batch,
                       per_device_batch_size=args.micro_batch, epochs=epochs,
@@ -381,7 +381,7 @@ def run_qwen(name: str, args) -> dict:
     torch.manual_seed(0)
     model, processor = load_vlm(args.init_qwen)
     family = FAMILIES[model.config.model_type]
-    precision = resolve_precision("auto")
+    precision = resolve_precision(args.precision)
     cfg = TrainConfig(learning_rate=1e-3, global_batch_size=args.global_batch, per_device_batch_size=args.micro_batch,
                       epochs=1, max_steps=args.steps, warmup_ratio=0.0, precision=precision, logging_steps=1, seed=0)
     clock = Clock()
@@ -466,6 +466,7 @@ def main(argv=None) -> int:
     p.add_argument("--stage1-epochs", type=int, default=3)
     p.add_argument("--image-size", type=int, default=336, help="synthetic image side (LLaVA's data: 336 and up)")
     p.add_argument("--only", default=",".join(STAGE2 + FINETUNE + STAGE1 + QWEN), help="comma-separated subset of the runs")
+    p.add_argument("--precision", default="auto", help="auto (what vlx picks on this CPU), bf16 or fp32, for every contender")
     p.add_argument("--work", help="working directory (default: a temporary one)")
     p.add_argument("--json", help="write all results here")
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -500,7 +501,8 @@ def main(argv=None) -> int:
         cmd = [sys.executable, __file__, "--one", name, "--init", str(init), "--init-qwen", str(init_qwen), "--work", str(work),
                "--captions", str(data["captions"]), "--instruct", str(data["instruct"]), "--poi", str(data["poi"]),
                "--steps", str(args.steps), "--global-batch", str(args.global_batch),
-               "--micro-batch", str(args.micro_batch), "--stage1-epochs", str(args.stage1_epochs)]
+               "--micro-batch", str(args.micro_batch), "--stage1-epochs", str(args.stage1_epochs),
+               "--precision", args.precision]
         t = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
