@@ -46,7 +46,8 @@ def test_field_markers_and_the_storefront_seam(micro_tower):
     ids = processor.tokenizer.encode(" number", add_special_tokens=False)
     assert torch.allclose(markers[1 + FIELDS.index("house_number")], table[ids].mean(0))
     stats = align_projector(model, processor, steps=40, images=8, batch_patches=256, field_marker=0.5, separator=True,
-                            progress=False)
+                            shop_marker=0.5, progress=False)
+    assert 0.0 <= stats["held_out_shop_marker_accuracy"] <= 1.0
     assert stats["field_marker"] == 0.5 and stats["separator"] and stats["last_loss"] < 0.5 * stats["first_loss"]
     assert 0.0 <= stats["held_out_separator_accuracy"] <= 1.0
     assert 0.0 <= stats["held_out_field_accuracy"] <= 1.0 and 0.0 <= stats["held_out_glyph_accuracy"] <= 1.0
@@ -75,6 +76,13 @@ def test_every_cell_targets_its_glyph_field_shop_word_or_the_seam():
     assert glyph[r, c] == 0 and field[r, c] == 0
     assert target[r, c] == n_chars * n_fields - 1 + shop[r, c] and not full[r, c]
     assert target[14, 0] == 0  # the pavement: a space
+    n_shops = 1 + len(CATEGORY_LIST)
+    shaded, _ = patch_targets(labels[None], n_chars, n_fields, separator=True, n_shops=n_shops)
+    shaded = shaded.view(16, 16)
+    r, c = np.argwhere(field == FIELD_ID["name"])[-1]  # a glyph of a name, on its storefront
+    assert shaded[r, c] == (shop[r, c] * n_fields + FIELD_ID["name"]) * n_chars + glyph[r, c]
+    assert all(shaded[r, c] == n_chars * n_fields * n_shops + len(CATEGORY_LIST) for r, c in seam)
+    r, c = 10, 3
     plain, _ = patch_targets(labels[None], n_chars)  # no markers, no separator
     assert (plain.view(16, 16)[7:9, 1:13] < n_chars + len(CATEGORY_LIST)).all()
     assert plain.view(16, 16)[r, c] == n_chars - 1 + shop[r, c]

@@ -83,6 +83,8 @@ class DemoConfig:
     patch grid is the street world's, as smol's is."""
     align_field_marker: float = 0.0
     """Field markers in the alignment targets (`align_projector` `field_marker`; 0: glyphs only)."""
+    align_shop_marker: float = 0.0
+    """Storefront-category markers on text patches (`align_projector` `shop_marker`; 0: none)."""
     align_separator: bool = False
     """Align the seam between two storefronts to `|` (`align_projector` `separator`)."""
     prompt_style: str = "cue"
@@ -166,6 +168,7 @@ def align(cfg: DemoConfig, out: Path, vision: str | None = None, seed: int = 0) 
 
     model, processor = build_llava(ModelConfig(preset=cfg.preset, vision=vision))
     stats = align_projector(model, processor, steps=cfg.align_steps, field_marker=cfg.align_field_marker,
+                            shop_marker=cfg.align_shop_marker,
                             separator=cfg.align_separator, seed=seed)
     path = save_projector(model, out / "align" / "projector.safetensors")
     (out / "align" / "stats.json").write_text(json.dumps(stats) + "\n")

@@ -22,6 +22,12 @@ embedding plus `field_marker` times the LLM's embedding of the field's word (` n
 tell a shop's name from the awning word, the opening hours or the street plate above it by a
 direction its attention reads, while the nearest character token stays the glyph.
 
+With `shop_marker` > 0, a text patch's target adds `shop_marker` times the LLM's word for the kind
+of storefront the text is on (` bakery`, ` bank`): two shops side by side then hand the LLM their
+names in different shades, so that the words of one name can be gathered by what they have in
+common rather than by where the raster order of the patches puts them (row by row, the two signs
+interleave).
+
 With `separator`, the text-free cells on either side of the seam between two storefronts side by
 side are regressed onto the token `|` instead: each row of image tokens then reads like
 `Twin  || Red`, so that where one shop's signs end and the next one's begin is a token the LLM has
@@ -99,7 +105,7 @@ def _features(model, pixels: torch.Tensor) -> torch.Tensor:
 
 def align_projector(model, processor, *, steps: int = 600, images: int = 512, batch_patches: int = 4096,
                     learning_rate: float = 3e-3, background_weight: float = 0.2, field_marker: float = 0.0,
-                    separator: bool = False, seed: int = 0, progress: bool = True) -> dict:
+                    shop_marker: float = 0.0, separator: bool = False, seed: int = 0, progress: bool = True) -> dict:
     """Regress projected text patches onto their glyphs' token embeddings; returns loss statistics.
 
     The frozen tower runs once over `images` street scenes (about 15 s for 512 on 2 cores); the
@@ -126,7 +132,11 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     n_fields = 1 + len(FIELDS) if field_marker else 1
     markers = field_embeddings(processor.tokenizer, table)[:n_fields]
     markers = markers * (chars.norm(dim=-1).mean() / markers[1:].norm(dim=-1).mean().clamp_min(1e-6)) if field_marker else markers
-    texts_table = (chars[None] + field_marker * markers[:, None]).flatten(0, 1)
+    n_shops = 1 + len(CATEGORY_LIST) if shop_marker else 1
+    shops = torch.cat([torch.zeros_like(chars[:1]), category_embeddings(processor.tokenizer, table)])[:n_shops]
+    shops = shops * (chars.norm(dim=-1).mean() / shops[1:].norm(dim=-1).mean().clamp_min(1e-6)) if shop_marker else shops
+    texts_table = (chars[None, None] + field_marker * markers[None, :, None]
+                   + shop_marker * shops[:, None, None]).flatten(0, 2)
     seam_ids = processor.tokenizer.encode(SEPARATOR, add_special_tokens=False)
     rows = [texts_table, category_embeddings(processor.tokenizer, table)]
     embeddings = torch.cat(rows + ([table[seam_ids].mean(0, keepdim=True)] if separator else [])).to(device, dtype)
@@ -139,7 +149,7 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     for start in range(0, images, 32):
         n = min(32, images - start)
         pixels, labels = _batch(tower_cfg, processor, start // 32, n)
-        target, text = patch_targets(labels, n_chars, n_fields, separator)
+        target, text = patch_targets(labels, n_chars, n_fields, separator, n_shops)
         feats.append(_features(model, pixels.to(device, dtype)).flatten(0, 1))
         targets.append(target.flatten())
         texts.append(text.flatten())
@@ -172,28 +182,31 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
         losses.append(round(mse.item(), 4))
         bar.update(step + 1, f"relative error {mse.item():.3f} glyph loss {ce.item():.3f}")
     bar.done(f"relative error {losses[0]:.3f} -> {losses[-1]:.3f}")
-    held_out = held_out_accuracy(model, processor, tower_cfg, embeddings, n_chars, n_fields, separator=separator)
-    return {"steps": steps, "images": images, "field_marker": field_marker, "separator": separator,
+    held_out = held_out_accuracy(model, processor, tower_cfg, embeddings, n_chars, n_fields, separator=separator,
+                                 n_shops=n_shops)
+    return {"steps": steps, "images": images, "field_marker": field_marker, "shop_marker": shop_marker,
+            "separator": separator,
             "text_patches": int(texts.sum()),
             "first_loss": losses[0],
             "last_loss": losses[-1], "loss": losses, **held_out}
 
 
-def patch_targets(labels: np.ndarray, n_chars: int, n_fields: int = 1, separator: bool = False
+def patch_targets(labels: np.ndarray, n_chars: int, n_fields: int = 1, separator: bool = False, n_shops: int = 1
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each cell's target index into `align_projector`'s table, and whether it weighs fully -> two (B, GRID*GRID).
 
-    The table: `field * n_chars + char` for the characters (0 the space; `field` 0 unless `n_fields` > 1),
+    The table: `(shop * n_fields + field) * n_chars + char` for the characters (0 the space; `field` 0
+    unless `n_fields` > 1, `shop`, the category + 1 of the storefront the text is on, 0 unless `n_shops` > 1),
     then one row per shop category, then (with `separator`) the separator. A glyph, or a space between
     the words of a text, targets its character (in its field); a text-free cell on a storefront its
     category's word, elsewhere the space; a text-free cell at the seam of two storefronts the
     separator. Text and seam cells weigh fully, the rest `background_weight`.
     """
     glyph, field, shop = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(3))
-    n_text = n_chars * n_fields
+    n_text = n_chars * n_fields * n_shops
     text = (glyph > 0) | (field > 0)
-    target = torch.where(text, glyph + (field * n_chars if n_fields > 1 else 0),
-                         torch.where(shop > 0, n_text - 1 + shop, 0))
+    marked = glyph + (field * n_chars if n_fields > 1 else 0) + (shop * n_fields * n_chars if n_shops > 1 else 0)
+    target = torch.where(text, marked, torch.where(shop > 0, n_text - 1 + shop, 0))
     if separator:
         seam = torch.from_numpy(boundaries(labels[:, 3])).flatten(1) & ~text
         target = torch.where(seam, n_text + len(CATEGORY_LIST), target)
@@ -212,10 +225,11 @@ def _batch(tower_cfg, processor, step: int, n: int, stream: int = ALIGN_STREAM, 
 
 @torch.no_grad()
 def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, n_chars: int, n_fields: int = 1,
-                      n: int = 32, separator: bool = False) -> dict:
+                      n: int = 32, separator: bool = False, n_shops: int = 1) -> dict:
     """What the LLM receives, on held-out scenes: the share of glyph patches whose projected vector is
     nearest (cosine, among every target of `align_projector`) to its own glyph's token (in any field),
-    of those nearest to their own field's marker too (with field markers), of shop patches without
+    of those nearest to their own field's marker too (with field markers) and their storefront's category
+    (with shop markers), of shop patches without
     text nearest to their shop category's word, and (with `separator`) of seam cells nearest to `|`."""
     pixels, labels = _batch(tower_cfg, processor, 0, n, stream=ALIGN_STREAM + 1, sheets=False)
     projector = model.model.multi_modal_projector
@@ -225,8 +239,8 @@ def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, n_c
     nearest = (torch.nn.functional.normalize(projected, dim=-1)
                @ torch.nn.functional.normalize(embeddings.float().cpu(), dim=-1).T).argmax(-1)
     background = (glyph == 0) & (field == 0) & (shop > 0)
-    n_text = n_chars * n_fields
-    char, in_field = nearest % n_chars, nearest // n_chars
+    n_text = n_chars * n_fields * n_shops
+    char, in_field, on_shop = nearest % n_chars, (nearest // n_chars) % n_fields, nearest // (n_chars * n_fields)
     is_text = (nearest < n_text) & (glyph > 0)
     stats = {"held_out_glyph_accuracy": round((is_text & (char == glyph))[glyph > 0].float().mean().item(), 4),
              "held_out_category_accuracy": round((nearest == n_text - 1 + shop)[background].float().mean().item(), 4)}
@@ -235,6 +249,8 @@ def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, n_c
         stats["held_out_separator_accuracy"] = round((nearest == len(embeddings) - 1)[seam].float().mean().item(), 4)
         off_seam = background & ~seam
         stats["held_out_category_accuracy"] = round((nearest == n_text - 1 + shop)[off_seam].float().mean().item(), 4)
+    if n_shops > 1:
+        stats["held_out_shop_marker_accuracy"] = round((is_text & (on_shop == shop))[glyph > 0].float().mean().item(), 4)
     if n_fields > 1:
         stats["held_out_field_accuracy"] = round((is_text & (in_field == field))[glyph > 0].float().mean().item(), 4)
     return stats
