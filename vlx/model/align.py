@@ -138,10 +138,15 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     texts_table = (chars[None, None] + field_marker * markers[None, :, None]
                    + shop_marker * shops[:, None, None]).flatten(0, 2)
     seam_ids = processor.tokenizer.encode(SEPARATOR, add_special_tokens=False)
-    rows = [texts_table, category_embeddings(processor.tokenizer, table)]
-    embeddings = torch.cat(rows + ([table[seam_ids].mean(0, keepdim=True)] if separator else [])).to(device, dtype)
+    others = [category_embeddings(processor.tokenizer, table)] + ([table[seam_ids].mean(0, keepdim=True)] if separator else [])
+    embeddings = torch.cat([texts_table] + others).to(device, dtype)
+    # What the cross-entropy ranks: characters against category words (and the separator); the field
+    # and shop markers each among their own kind (see the loop).
+    base = torch.cat([chars] + others).to(device, dtype)
+    markers, shops = markers.to(device, dtype), shops.to(device, dtype)
     scale = chars.pow(2).sum(-1).mean().to(device, dtype)  # squared norm of a typical token
     n_chars = len(token_ids)
+    n_text = len(texts_table)
 
     # Features of every patch, once: (P, vision hidden) and its target's index into `embeddings`.
     bar = Progress("projector alignment: tower features", images, every=30.0 if progress else float("inf"))
@@ -172,8 +177,22 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
         projected = projector(feats[pick])  # (batch_patches, LLM hidden)
         target, w = targets[pick], weight[pick]
         mse = ((projected - embeddings[target]).pow(2).sum(-1) * w).sum() / w.sum() / scale
-        ce = (torch.nn.functional.cross_entropy((projected @ embeddings.T).float(), target, reduction="none")
-              * w).sum() / w.sum()
+        # The cross-entropy of picking the right target by dot product, factorised: a text target is a
+        # character plus a field marker plus a shop marker, and among the targets that share its field
+        # and shop the markers add the same to every score, so its softmax is over characters alone
+        # (here against the category words too); its field and its shop are each picked likewise.
+        def ce_of(logits, labels, mask):
+            each = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+            return (each * w * mask).sum() / (w * mask).sum().clamp_min(1e-6)
+
+        joint = target < n_text
+        ce = ce_of(projected @ base.T, torch.where(joint, target % n_chars, n_chars + target - n_text),
+                   torch.ones_like(w))
+        if n_fields > 1:
+            ce = ce + ce_of(projected @ markers.T, (target // n_chars) % n_fields, (joint & (target > 0)).float())
+        if n_shops > 1:
+            ce = ce + ce_of(projected @ shops.T, torch.where(joint, target // (n_chars * n_fields), 0),
+                            (joint & (target > 0)).float())
         loss = mse + ce
         loss.backward()
         opt.step()
