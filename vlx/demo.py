@@ -121,6 +121,10 @@ FULL = DemoConfig(
     # 128 stage-2 rows, 15% chat replay and 400 alignment steps: the measured 20 min 22 s with 160
     # rows, 25% replay and 600 steps (bench/RESULTS.md) left no margin for a slower machine.
     lora=dict(r=64, alpha=128, dropout=0.05), chat_ratio=0.15, val_max=0, align_steps=400,
+    # Each text patch also carries its field (name, number, street, hours ...), and the seam between two
+    # storefronts reads as `|`: the LLM tells a name from the awning word or the hours beside it, and one
+    # shop from the next (bench/RESULTS.md: storefront counts on two-shop facades 0.46 -> 0.65).
+    align_field_marker=0.5, align_separator=True,
     # Free-text values the LLM copies from the image, a character per target token: the form in
     # which the projector hands it a sign (one glyph per image token). Enums (category) and
     # structured values (hours) keep the tokenizer's own pieces.
