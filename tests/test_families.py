@@ -339,3 +339,27 @@ def test_data_validate_with_a_qwen_base_counts_its_image_tokens(qwen2_vl, tmp_pa
     assert result.exit_code == 1
     [problem] = [x for x in result.output.splitlines() if "max_length" in x and "tokens with the image" in x]
     assert "chat.json" in problem and "over max_length=2048" in problem
+
+
+def test_a_qwen_checkpoint_in_the_hubs_older_layout_loads_without_torchvision(qwen2_vl, tmp_path):
+    """Qwen/Qwen2-VL-2B-Instruct on the hub: preprocessor_config.json (with processor_class), chat_template.json
+    and a video_preprocessor_config.json, no processor_config.json."""
+    import shutil
+
+    import vlx
+    from vlx.schema import load_schema
+
+    hub = tmp_path / "hub"
+    shutil.copytree(qwen2_vl, hub)
+    combined = json.loads((hub / "processor_config.json").read_text())
+    (hub / "preprocessor_config.json").write_text(json.dumps({**combined["image_processor"],
+                                                              "processor_class": combined["processor_class"]}))
+    (hub / "processor_config.json").unlink()
+    (hub / "chat_template.json").write_text(json.dumps({"chat_template": (hub / "chat_template.jinja").read_text()}))
+    (hub / "chat_template.jinja").unlink()
+    (hub / "video_preprocessor_config.json").write_text(json.dumps({"video_processor_type": "Qwen2VLVideoProcessor"}))
+    Image.new("RGB", (80, 60), (10, 120, 200)).save(tmp_path / "a.png")
+    extractor = vlx.load(hub)
+    assert extractor.processor.chat_template and "<|im_start|>assistant" in extractor.prompt("<image>\nHi")
+    Schema = load_schema(POI)
+    assert isinstance(extractor.extract(tmp_path / "a.png", Schema), Schema)

@@ -54,13 +54,22 @@ def load_processor(path: str | Path):
         from vlx.inputs import InputError, read_json
 
         try:
-            config = read_json(Path(path) / "processor_config.json")
+            # transformers 5 writes processor_config.json; hub repositories of earlier years carry the
+            # class in preprocessor_config.json and the template in chat_template.json.
+            path = Path(path)
+            names = [n for n in ("processor_config.json", "preprocessor_config.json") if (path / n).is_file()]
+            configs = [read_json(path / n) for n in names]
+            config = next(c for c in configs if isinstance(c, dict) and c.get("processor_class"))
             cls = getattr(transformers, config["processor_class"])
-            template_file = Path(path) / "chat_template.jinja"
-            template = template_file.read_text(encoding="utf-8") if template_file.exists() else config.get("chat_template")
+            if (path / "chat_template.jinja").is_file():
+                template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+            elif (path / "chat_template.json").is_file():
+                template = read_json(path / "chat_template.json").get("chat_template")
+            else:
+                template = config.get("chat_template")
             return without_video(cls)(image_processor=AutoImageProcessor.from_pretrained(path, **kwargs),
                                       tokenizer=AutoTokenizer.from_pretrained(path, **kwargs), chat_template=template)
-        except (InputError, KeyError, AttributeError, TypeError, ValueError, OSError):
+        except (InputError, KeyError, AttributeError, TypeError, ValueError, OSError, StopIteration):
             raise first from None
 
 
