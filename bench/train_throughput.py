@@ -215,14 +215,12 @@ def run_one(name: str, args) -> dict:
     if name in QWEN:
         return run_qwen(name, args)
     from vlx.config import TrainConfig
-    from vlx.data.dataset import Collator, LlavaDataset, prepare
+    from vlx.data.dataset import LlavaDataset, prepare
     from vlx.data.feature_cache import CachedFeatureDataset, FeatureCache, fill_feature_cache
     from vlx.data.formats import load_rows
-    from vlx.data.packing import PackingCollator, packs_into_one_row, supervised_loss
     from vlx.device import device, resolve_precision
     from vlx.model.build import load_llava
-    from vlx.train.base import set_trainable, training_args
-    from vlx.train.trainer import LlavaTrainer
+    from vlx.train.base import set_trainable
 
     torch.manual_seed(0)
     model, processor = load_llava(args.init)
@@ -309,16 +307,8 @@ def run_one(name: str, args) -> dict:
             t0 = time.perf_counter()
             fill_feature_cache(dataset, model)
             fill_s = time.perf_counter() - t0
-        packing = "packing" in name
         sources = ("extraction", "chat") if stage == "lora" else None  # vlx finetune logs the loss per source
-        # vlx's defaults: logits only at supervised positions, padded or packed.
-        collator = (PackingCollator(pad, packs_into_one_row(model), supervised_logits=True, sources=sources) if packing
-                    else Collator(pad, sources=sources, supervised_logits=True))
-        cls, on_step = counting(LlavaTrainer, pad)
-        trainer = cls(model=model, args=training_args(cfg, out_dir), train_dataset=dataset, data_collator=collator,
-                      modality_lengths=dataset.lengths, callbacks=[clock.callback()],
-                      compute_loss_func=supervised_loss, source_names=sources)
-        trainer.args.save_strategy = "no"
+        trainer, on_step = vlx_trainer(model, cfg, out_dir, dataset, clock, pad, sources, packing="packing" in name)
 
     return _measure(name, trainer, on_step, clock, args, epochs=epochs, stage=stage, precision=precision, fill_s=fill_s)
 
@@ -364,19 +354,34 @@ def _measure(name, trainer, on_step, clock, args, *, epochs: int, stage: str, pr
             "first_epoch_s": first_epoch_s, "precision": precision, "device": device()}
 
 
+def vlx_trainer(model, cfg, out_dir, dataset, clock, pad: int, sources, *, packing: bool, rope_index=None):
+    """`LlavaTrainer` as vlx runs it by default: logits only at supervised positions, padded or packed."""
+    from vlx.data.dataset import Collator
+    from vlx.data.packing import PackingCollator, packs_into_one_row, supervised_loss
+    from vlx.train.base import training_args
+    from vlx.train.trainer import LlavaTrainer
+
+    collator = (PackingCollator(pad, packs_into_one_row(model), supervised_logits=True, sources=sources,
+                                rope_index=rope_index) if packing
+                else Collator(pad, sources=sources, supervised_logits=True))
+    cls, on_step = counting(LlavaTrainer, pad)
+    trainer = cls(model=model, args=training_args(cfg, out_dir), train_dataset=dataset, data_collator=collator,
+                  modality_lengths=dataset.lengths, callbacks=[clock.callback()],
+                  compute_loss_func=supervised_loss, source_names=sources)
+    trainer.args.save_strategy = "no"
+    return trainer, on_step
+
+
 def run_qwen(name: str, args) -> dict:
     """The LoRA fine-tune on the Qwen2-VL shape: TRL or vlx, from the same saved weights."""
     from vlx.config import LoraConfig, TrainConfig
-    from vlx.data.dataset import Collator
-    from vlx.data.packing import PackingCollator, mrope_index, packs_into_one_row, supervised_loss
+    from vlx.data.packing import mrope_index
     from vlx.data.samples import SampleEncoder
     from vlx.data.vlm_data import VlmDataset
     from vlx.device import device, resolve_precision
     from vlx.model.families import FAMILIES, lora_targets
     from vlx.model.vlm import load_vlm
-    from vlx.train.base import training_args
     from vlx.train.finetune import attach_lora
-    from vlx.train.trainer import LlavaTrainer
 
     torch.manual_seed(0)
     model, processor = load_vlm(args.init_qwen)
@@ -417,16 +422,9 @@ def run_qwen(name: str, args) -> dict:
         encoder = SampleEncoder.for_model(model.get_base_model(), processor, template=None, max_length=4096)
         examples, bad = encoder.prepare(rows)
         assert not bad, bad[:3]
-        dataset = VlmDataset(examples, processor)
-        sources = ("extraction", "chat")
-        collator = (PackingCollator(pad, packs_into_one_row(model), supervised_logits=True, sources=sources,
-                                    rope_index=mrope_index(model)) if name.endswith("packing")
-                    else Collator(pad, sources=sources, supervised_logits=True))
-        cls, on_step = counting(LlavaTrainer, pad)
-        trainer = cls(model=model, args=training_args(cfg, out_dir), train_dataset=dataset, data_collator=collator,
-                      modality_lengths=dataset.lengths, callbacks=[clock.callback()],
-                      compute_loss_func=supervised_loss, source_names=sources)
-        trainer.args.save_strategy = "no"
+        trainer, on_step = vlx_trainer(model, cfg, out_dir, VlmDataset(examples, processor), clock, pad,
+                                       ("extraction", "chat"), packing=name.endswith("packing"),
+                                       rope_index=mrope_index(model))
     return _measure(name, trainer, on_step, clock, args, epochs=1, stage="lora", precision=precision, fill_s=None)
 
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
-from vlx.data.dataset import check_image, open_image, row_turns
+from vlx.data.dataset import LlavaDataset, check_image, open_image, row_turns
 from vlx.data.formats import Problem, Row
 from vlx.data.templates import IGNORE_INDEX, SampleError, Turn, encode_continuation, encode_spelled
 from vlx.model.llava import IMAGE_TOKEN
@@ -148,20 +147,12 @@ def prepare_vlm(rows: list[Row], processor, *, max_length: int, check_images: bo
     return examples, problems
 
 
-class VlmDataset(torch.utils.data.Dataset):
+class VlmDataset(LlavaDataset):
     """Encoded examples; each image goes through the processor again in `__getitem__` (its pixel inputs)."""
 
     def __init__(self, examples: list[VlmExample], processor):
-        self.examples = examples
+        super().__init__(examples, processor.image_processor)
         self.processor = processor
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    @property
-    def lengths(self) -> list[int]:
-        """Token lengths, positive for image rows and negative for text rows (LLaVA's convention)."""
-        return [len(e.input_ids) if e.has_image else -len(e.input_ids) for e in self.examples]
 
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
