@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
 from vlx.data.dataset import LlavaDataset, check_image, open_image, row_turns
 from vlx.data.formats import Problem, Row
 from vlx.data.templates import IGNORE_INDEX, SampleError, Turn, encode_continuation, encode_spelled

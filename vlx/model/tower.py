@@ -45,7 +45,7 @@ from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, get_cosine_schedule_with_warmup
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from vlx.data.street import CATEGORY_LIST, FIELDS, GLYPHS, GRID, LABELS, read_grid, sign_sheet, street_scene
+from vlx.data.street import CATEGORY_LIST, FIELDS, GLYPHS, GRID, read_grid, sign_sheet, street_scene
 from vlx.device import device as pick_device, resolve_precision
 from vlx.progress import Progress
 
