@@ -27,7 +27,6 @@ from pydantic import BaseModel
 from vlx.data.templates import Turn, answer_prefix, prompt_text
 from vlx.decode import ConstrainedDecoder, DecodeConfig, ExtractionError, generate
 from vlx.inputs import InputError, open_image
-from vlx.model import trust
 from vlx.model.build import ModelLoadError, resolve_checkpoint
 from vlx.model.llava import IMAGE_TOKEN
 from vlx.run import RunInfo
@@ -261,21 +260,9 @@ def load(run: str | Path | Extractor, *, device: str | None = None, dtype: torch
 def _load_finetune(path: Path, info: RunInfo, dtype):
     from peft import PeftModel
 
-    if not info.base:
-        raise ModelLoadError(f"{path}/vlx_run.json names no base model; the run is incomplete")
-    base = Path(info.base)
-    if not base.is_absolute() and not base.exists():
-        base = path / base
-    if not (path / "adapter").is_dir():
-        raise ModelLoadError(f"{path} is a finetune run without its adapter/ directory; the run is incomplete")
-    from vlx.model.vlm import load_checkpoint
+    from vlx.model.vlm import load_run_base
 
-    model, processor = load_checkpoint(base, dtype=dtype)
-    trust.check_dir(path / "adapter", "adapter")
-    if (path / "tokenizer_config.json").exists() or (path / "processor_config.json").exists():
-        from vlx.model.vlm import load_processor
-
-        processor = load_processor(path)  # the run's own: its pixel budget, as it trained
+    model, processor = load_run_base(path, info, dtype=dtype)
     # Merged in memory: inference then runs at the base model's speed.
     model = PeftModel.from_pretrained(model, path / "adapter").merge_and_unload()
     return model.eval(), processor

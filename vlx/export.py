@@ -14,12 +14,18 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from vlx.model import trust
 from vlx.model.build import ModelLoadError
-from vlx.model.vlm import load_checkpoint
+from vlx.model.vlm import load_run_base
 from vlx.run import RunInfo, atomic_dir
 
 CARRIED = ("schema.py", "schema.json", "format_prompt.txt", "config.yaml")
+
+
+def _finetune_info(run: Path) -> RunInfo:
+    info = RunInfo.load(run)
+    if info is None or info.kind != "finetune":
+        raise ModelLoadError(f"{run} is not a `vlx finetune` run (vlx_run.json missing or not kind 'finetune')")
+    return info
 
 
 def load_finetune(run: str | Path, *, merge: bool = True):
@@ -27,17 +33,8 @@ def load_finetune(run: str | Path, *, merge: bool = True):
     from peft import PeftModel
 
     run = Path(run)
-    info = RunInfo.load(run)
-    if info is None or info.kind != "finetune":
-        raise ModelLoadError(f"{run} is not a `vlx finetune` run (vlx_run.json missing or not kind 'finetune')")
-    if not (run / "adapter").is_dir():
-        raise ModelLoadError(f"{run} has no adapter/ directory; the run did not finish")
-    model, processor = load_checkpoint(info.base, use="finetune")
-    if (run / "processor_config.json").exists():
-        from vlx.model.vlm import load_processor
-
-        processor = load_processor(run)  # the run's own: its pixel budget, as it trained
-    trust.check_dir(run / "adapter", "adapter")
+    info = _finetune_info(run)
+    model, processor = load_run_base(run, info, use="finetune")
     model = PeftModel.from_pretrained(model, run / "adapter")
     return (model.merge_and_unload() if merge else model), processor, info
 
@@ -68,22 +65,15 @@ def export_lora(run: str | Path, out: str | Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     run = Path(run)
-    info = RunInfo.load(run)
-    if info is None or info.kind != "finetune":
-        raise ModelLoadError(f"{run} is not a `vlx finetune` run (vlx_run.json missing or not kind 'finetune')")
+    info = _finetune_info(run)
+    model, processor = load_run_base(run, info, use="finetune")
     adapter_dir = run / "adapter"
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise ModelLoadError(f"{run} has no adapter/adapter_model.safetensors; the run did not finish")
-    trust.check_dir(adapter_dir, "adapter")
     weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     lora = {k: v for k, v in weights.items() if ".lora_" in k}
     connector = {k.removeprefix(PREFIX): v for k, v in weights.items() if ".lora_" not in k}
-    model, processor = load_checkpoint(info.base, use="finetune")
-    if (run / "processor_config.json").exists():
-        from vlx.model.vlm import load_processor
-
-        processor = load_processor(run)
     missing = sorted(set(connector) - set(model.state_dict()))
     if missing:
         raise ModelLoadError(f"{adapter_dir}: trained weights {missing[:3]} have no place in the base model {info.base}; "

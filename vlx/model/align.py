@@ -129,16 +129,20 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     # Targets: index f * n_chars + c is character c (0 the space, 1..len(GLYPHS) the glyphs) in text
     # field f (0: none; only f = 0 without `field_marker`), then one word per shop category.
     chars = table[token_ids]
-    n_fields = 1 + len(FIELDS) if field_marker else 1
-    markers = field_embeddings(processor.tokenizer, table)[:n_fields]
-    markers = markers * (chars.norm(dim=-1).mean() / markers[1:].norm(dim=-1).mean().clamp_min(1e-6)) if field_marker else markers
-    n_shops = 1 + len(CATEGORY_LIST) if shop_marker else 1
-    shops = torch.cat([torch.zeros_like(chars[:1]), category_embeddings(processor.tokenizer, table)])[:n_shops]
-    shops = shops * (chars.norm(dim=-1).mean() / shops[1:].norm(dim=-1).mean().clamp_min(1e-6)) if shop_marker else shops
+    words = category_embeddings(processor.tokenizer, table)
+
+    def marks(rows: torch.Tensor, on: bool) -> torch.Tensor:
+        """Row 0 "none" (zeros) then `rows` at a typical character's norm; only row 0 when off."""
+        rows = rows * (chars.norm(dim=-1).mean() / rows.norm(dim=-1).mean().clamp_min(1e-6))
+        return torch.cat([torch.zeros_like(chars[:1])] + ([rows] if on else []))
+
+    markers = marks(field_embeddings(processor.tokenizer, table)[1:], bool(field_marker))
+    shops = marks(words, bool(shop_marker))
+    n_fields, n_shops = len(markers), len(shops)
     texts_table = (chars[None, None] + field_marker * markers[None, :, None]
                    + shop_marker * shops[:, None, None]).flatten(0, 2)
     seam_ids = processor.tokenizer.encode(SEPARATOR, add_special_tokens=False)
-    others = [category_embeddings(processor.tokenizer, table)] + ([table[seam_ids].mean(0, keepdim=True)] if separator else [])
+    others = [words] + ([table[seam_ids].mean(0, keepdim=True)] if separator else [])
     embeddings = torch.cat([texts_table] + others).to(device, dtype)
     # What the cross-entropy ranks: characters against category words (and the separator); the field
     # and shop markers each among their own kind (see the loop).
@@ -248,30 +252,35 @@ def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, n_c
     """What the LLM receives, on held-out scenes: the share of glyph patches whose projected vector is
     nearest (cosine, among every target of `align_projector`) to its own glyph's token (in any field),
     of those nearest to their own field's marker too (with field markers) and their storefront's category
-    (with shop markers), of shop patches without
-    text nearest to their shop category's word, and (with `separator`) of seam cells nearest to `|`."""
+    (with shop markers), of shop patches without text nearest to their shop category's word, and (with
+    `separator`) of seam cells nearest to `|`. The targets are `patch_targets`', as in training."""
     pixels, labels = _batch(tower_cfg, processor, 0, n, stream=ALIGN_STREAM + 1, sheets=False)
     projector = model.model.multi_modal_projector
     device = next(model.parameters()).device
     projected = projector(_features(model, pixels.to(device, dtype=next(projector.parameters()).dtype))).float().cpu()
-    glyph, field, shop = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(3))
     nearest = (torch.nn.functional.normalize(projected, dim=-1)
                @ torch.nn.functional.normalize(embeddings.float().cpu(), dim=-1).T).argmax(-1)
-    background = (glyph == 0) & (field == 0) & (shop > 0)
+    target, _ = patch_targets(labels, n_chars, n_fields, separator, n_shops)
+    glyph, field = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(2))
     n_text = n_chars * n_fields * n_shops
-    char, in_field, on_shop = nearest % n_chars, (nearest // n_chars) % n_fields, nearest // (n_chars * n_fields)
     is_text = (nearest < n_text) & (glyph > 0)
-    stats = {"held_out_glyph_accuracy": round((is_text & (char == glyph))[glyph > 0].float().mean().item(), 4),
-             "held_out_category_accuracy": round((nearest == n_text - 1 + shop)[background].float().mean().item(), 4)}
+
+    def share(right: torch.Tensor, cells: torch.Tensor) -> float:
+        return round(right[cells].float().mean().item(), 4)
+
+    def part(x: torch.Tensor, k: int) -> torch.Tensor:  # 0 char, 1 field, 2 shop of a text index
+        return (x % n_chars, (x // n_chars) % n_fields, x // (n_chars * n_fields))[k]
+
+    free = (glyph == 0) & (field == 0) & (target >= n_text)  # text-free cells with a word or `|` to land on
+    seam = target == n_text + len(CATEGORY_LIST) if separator else torch.zeros_like(free)
+    stats = {"held_out_glyph_accuracy": share(is_text & (part(nearest, 0) == glyph), glyph > 0),
+             "held_out_category_accuracy": share(nearest == target, free & ~seam)}
     if separator:
-        seam = torch.from_numpy(boundaries(labels[:, 3])).flatten(1) & (glyph == 0) & (field == 0)
-        stats["held_out_separator_accuracy"] = round((nearest == len(embeddings) - 1)[seam].float().mean().item(), 4)
-        off_seam = background & ~seam
-        stats["held_out_category_accuracy"] = round((nearest == n_text - 1 + shop)[off_seam].float().mean().item(), 4)
+        stats["held_out_separator_accuracy"] = share(nearest == target, seam)
     if n_shops > 1:
-        stats["held_out_shop_marker_accuracy"] = round((is_text & (on_shop == shop))[glyph > 0].float().mean().item(), 4)
+        stats["held_out_shop_marker_accuracy"] = share(is_text & (part(nearest, 2) == part(target, 2)), glyph > 0)
     if n_fields > 1:
-        stats["held_out_field_accuracy"] = round((is_text & (in_field == field))[glyph > 0].float().mean().item(), 4)
+        stats["held_out_field_accuracy"] = share(is_text & (part(nearest, 1) == field), glyph > 0)
     return stats
 
 

@@ -129,4 +129,24 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, use
     return load_vlm(path, dtype=dtype, use=use)
 
 
-__all__ = ["without_video", "load_processor", "load_vlm", "load_checkpoint", "check_pixel_budget", "set_pixel_budget"]
+def load_run_base(run: str | Path, info, *, dtype: torch.dtype = torch.float32, use: str = "extract"):
+    """(base model, processor) of a fine-tune run: the checkpoint it trained on, with the run's own
+    processor where it saved one (its pixel budget and template, as it trained)."""
+    from vlx.model.build import ModelLoadError
+
+    run = Path(run)
+    if not info.base:
+        raise ModelLoadError(f"{run}/vlx_run.json names no base model; the run is incomplete")
+    base = Path(info.base)
+    if not base.is_absolute() and not base.exists():
+        base = run / base
+    if not (run / "adapter").is_dir():
+        raise ModelLoadError(f"{run} is a finetune run without its adapter/ directory; the run is incomplete")
+    model, processor = load_checkpoint(base, dtype=dtype, use=use)
+    if (run / "tokenizer_config.json").exists() or (run / "processor_config.json").exists():
+        processor = load_processor(run)
+    trust.check_dir(run / "adapter", "adapter")
+    return model, processor
+
+
+__all__ = ["without_video", "load_processor", "load_vlm", "load_checkpoint", "check_pixel_budget", "set_pixel_budget", "load_run_base"]
