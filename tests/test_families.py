@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vlx.cli import app
-from vlx.model.families import FAMILIES, FamilyError, family_of, lora_targets, training_template
+from vlx.model.families import FAMILIES, FamilyError, connector_modules, family_of, family_of_checkpoint, lora_targets, training_template
 
 runner = CliRunner()
 POI = Path(__file__).resolve().parent.parent / "templates" / "poi.py"
@@ -81,9 +81,10 @@ def test_finetune_and_extract_on_a_llava_hf_checkpoint(llava_hf, tmp_path):
     assert "pois" in line["result"]
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def qwen2_vl(request, tmp_path_factory):
-    """A tiny random Qwen2-VL / Qwen2.5-VL saved as the hub lays one out (its processor names a video processor)."""
+    """A tiny random Qwen2-VL / Qwen2.5-VL / Qwen3-VL saved as the hub lays one out (its processor names a
+    video processor)."""
     from vlx.model.tiny import tiny_qwen2_vl
 
     return tiny_qwen2_vl(tmp_path_factory.mktemp("qwen") / f"{request.param}-tiny", model_type=request.param)
@@ -93,7 +94,7 @@ def test_extract_on_a_qwen2_vl_checkpoint_without_torchvision(qwen2_vl, tmp_path
     import vlx
     from vlx.schema import load_schema
 
-    sizes = [(80, 60), (40, 120), (150, 90)]  # dynamic resolution: a different number of image tokens each
+    sizes = [(80, 60), (100, 40), (150, 90)]  # dynamic resolution: a different number of image tokens each
     paths = []
     for i, size in enumerate(sizes):
         Image.new("RGB", size, (60 * i, 120, 200)).save(tmp_path / f"q{i}.png")
@@ -110,7 +111,7 @@ def test_extract_on_a_qwen2_vl_checkpoint_without_torchvision(qwen2_vl, tmp_path
     assert "pois" in line["result"]
 
 
-def _scene_rows(tmp_path, sizes=((80, 60), (40, 120), (150, 90), (64, 64))) -> Path:
+def _scene_rows(tmp_path, sizes=((80, 60), (100, 40), (150, 90), (64, 64))) -> Path:
     target = {"pois": [{"name": "Nord Fox", "category": "cafe", "address": {"house_number": "12a", "street": None},
                         "phone": None, "website": None, "opening_hours": [], "open_24h": False}]}
     for i, size in enumerate(sizes):  # dynamic resolution: another number of image tokens for each
@@ -200,8 +201,14 @@ def test_finetune_extract_export_on_a_qwen2_vl_checkpoint(qwen2_vl, tmp_path):
     extractor = vlx.load(run)
     assert {k: v for k, v in dict(extractor.processor.image_processor.size).items() if v is not None} == budget
     adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
-    assert any("lora_" in k for k in adapter) and any("merger" in k for k in adapter)
-    assert all("lora_" in k or ".merger." in k for k in adapter), [k for k in adapter if "lora_" not in k][:3]
+    family = family_of_checkpoint(qwen2_vl)
+    connectors = connector_modules(AutoModelForImageTextToText.from_pretrained(qwen2_vl), family)
+    assert connectors[0] == "merger" and (family.model_type != "qwen3_vl" or connectors[1:] == ["deepstack_merger_list.0"])
+    assert any("lora_" in k for k in adapter)
+    for name in connectors:  # every connector (Qwen3-VL: the deepstack mergers too) trained and saved
+        assert any(f".{name}." in k for k in adapter), name
+    assert all("lora_" in k or any(f".{n}." in k for n in connectors) for k in adapter), \
+        [k for k in adapter if "lora_" not in k][:3]
     assert not any("visual.blocks" in k for k in adapter)  # the vision tower stays frozen
     result = runner.invoke(app, ["extract", "--model", str(run), str(tmp_path / "s0.png"), str(tmp_path / "s1.png")])
     assert result.exit_code == 0, result.output
@@ -290,7 +297,7 @@ def test_unsupported_families_are_refused_in_one_line(tmp_path):
                                  str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "ft")])
     assert result.exit_code == 2
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
-    assert "vlx cannot fine-tune with 'llava_next' checkpoints yet" in line and "it can with: llava, qwen2_vl, qwen2_5_vl" in line
+    assert "vlx cannot fine-tune with 'llava_next' checkpoints yet" in line and "it can with: llava, qwen2_vl, qwen2_5_vl, qwen3_vl" in line
     (tmp_path / "gemma").mkdir()
     (tmp_path / "gemma" / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
     result = runner.invoke(app, ["extract", "--model", str(tmp_path / "gemma"), "--schema", str(POI), "x.png"])
@@ -329,7 +336,10 @@ def test_data_validate_with_a_qwen_base_counts_its_image_tokens(qwen2_vl, tmp_pa
     result = runner.invoke(app, ["data", "validate", str(rows), "--schema", str(POI), "--base", str(qwen2_vl)])
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("tokens per sample"))
-    assert "template the checkpoint's own" in line and "image tokens per image 4-16" in line
+    # 56 px squares give 4 tokens; 112 px squares 16 at Qwen2's 28 px a merged token, 9 at Qwen3-VL's 32
+    # (112 px rounds down to 96 inside the 112 x 112 pixel budget).
+    expected = "4-9" if family_of_checkpoint(qwen2_vl).model_type == "qwen3_vl" else "4-16"
+    assert "template the checkpoint's own" in line and f"image tokens per image {expected}" in line
     long = [{"id": "long", "image": "s0.png", "conversations": [
         {"from": "human", "value": "<image>\n" + "word " * 3000}, {"from": "gpt", "value": "ok"}]},
         {"id": "short", "image": "s1.png", "conversations": [

@@ -38,7 +38,8 @@ class Family:
     language_model: str
     """Module path of the language model (its decoder layers are LoRA's targets)."""
     connector: str
-    """Module trained fully beside LoRA (LLaVA's `--tune_mm_mlp_adapter` counterpart)."""
+    """Module trained fully beside LoRA (LLaVA's `--tune_mm_mlp_adapter` counterpart); several are
+    comma-separated (Qwen3-VL: the merger and the deepstack mergers)."""
     vision: str
     lora_pattern: str
     """Full-path regex of the Linear layers LoRA wraps: the language model's only."""
@@ -78,8 +79,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("qwen2_5_vl", "model.language_model", "model.visual.merger", "model.visual",
            _pattern("model.language_model"), finetune=True, extract=True, inputs="processor", pixel_budget=True,
            packing=True, mrope=True),
-    Family("qwen3_vl", "model.language_model", "model.visual.merger", "model.visual",
-           _pattern("model.language_model"), note="as qwen2_vl, plus deepstack mergers: not yet"),
+    Family("qwen3_vl", "model.language_model", "model.visual.merger,model.visual.deepstack_merger_list", "model.visual",
+           _pattern("model.language_model"), finetune=True, extract=True, inputs="processor", pixel_budget=True,
+           packing=True, mrope=True),
     Family("qwen3_5", "model.language_model", "model.visual.merger", "model.visual",
            _pattern("model.language_model"), note="not yet"),
     Family("idefics3", "model.text_model", "model.connector", "model.vision_model",
@@ -132,6 +134,23 @@ def lora_targets(model, family: Family) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and pattern.match(name)]
 
 
+def connector_modules(model, family: Family) -> list[str]:
+    """`modules_to_save` names of the family's connector(s) in `model`: each module's own name, and for a
+    list of modules (Qwen3-VL's deepstack mergers) each entry's (`deepstack_merger_list.0`), which
+    peft can wrap where it cannot wrap the list."""
+    import torch
+
+    names = []
+    for path in family.connector.split(","):
+        module = model.get_submodule(path)
+        last = path.rsplit(".", 1)[-1]
+        if isinstance(module, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            names += [f"{last}.{key}" for key in module._modules]
+        else:
+            names.append(last)
+    return names
+
+
 _PROBE_TEXT = "Describe the image."
 
 
@@ -164,4 +183,5 @@ def training_template(processor) -> str:
                       "`vlx train-base` run or a llava-hf LLaVA-1.5 checkpoint")
 
 
-__all__ = ["Family", "FamilyError", "FAMILIES", "supported", "family_of", "family_of_checkpoint", "lora_targets", "training_template"]
+__all__ = ["Family", "FamilyError", "FAMILIES", "supported", "family_of", "family_of_checkpoint", "lora_targets",
+           "connector_modules", "training_template"]

@@ -79,21 +79,24 @@ def tiny_text_config(vocab_size: int) -> LlamaConfig:
 
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                 "<|image_pad|>", "<|video_pad|>"]
-# Qwen2-VL's chat layout: ChatML with the image as <|vision_start|><|image_pad|><|vision_end|>.
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+# Qwen2-VL's chat layout: ChatML with the image as <|vision_start|><|image_pad|><|vision_end|>, after a
+# default system turn; Qwen3-VL's has no default system turn.
+_QWEN_SYSTEM = ("{% if loop.first and message['role'] != 'system' %}"
+                "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}")
+_QWEN_TURNS = (
     "{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}"
     "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}"
     "{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+QWEN_CHAT_TEMPLATE = "{% for message in messages %}" + _QWEN_SYSTEM + _QWEN_TURNS
+QWEN3_CHAT_TEMPLATE = "{% for message in messages %}" + _QWEN_TURNS
 
 
 def tiny_qwen2_vl(path, *, seed: int = 0, model_type: str = "qwen2_vl"):
-    """Save a random 2-layer Qwen2-VL or Qwen2.5-VL (`model_type`): model, tokenizer, image processor and
-    chat template, laid out as the hub ships them."""
+    """Save a random 2-layer Qwen2-VL, Qwen2.5-VL or Qwen3-VL (`model_type`): model, tokenizer, image
+    processor and chat template, laid out as the hub ships them."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -113,7 +116,7 @@ def tiny_qwen2_vl(path, *, seed: int = 0, model_type: str = "qwen2_vl"):
 
 def save_qwen2_vl(path, tokenizer, *, text: dict, vision: dict, model_type: str = "qwen2_vl", seed: int = 0,
                   min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280):
-    """Save a random Qwen2-VL / Qwen2.5-VL of the given sizes around `tokenizer` (its Qwen special tokens
+    """Save a random Qwen2-VL / Qwen2.5-VL / Qwen3-VL of the given sizes around `tokenizer` (its Qwen special tokens
     added where missing): `text` takes hidden_size, intermediate_size, num_hidden_layers,
     num_attention_heads, num_key_value_heads, mrope_section; `vision` depth, hidden_size, num_heads, mlp."""
     import torch
@@ -121,7 +124,8 @@ def save_qwen2_vl(path, tokenizer, *, text: dict, vision: dict, model_type: str 
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     names = {"qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
-             "qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor")}
+             "qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
+             "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor")}
     if model_type not in names:
         raise ValueError(f"model_type {model_type!r}: use one of {', '.join(names)}")
     config_cls, model_cls, processor_cls = (getattr(transformers, n) for n in names[model_type])
@@ -135,15 +139,21 @@ def save_qwen2_vl(path, tokenizer, *, text: dict, vision: dict, model_type: str 
     mrope = text.pop("mrope_section")
     v = dict(vision)
     mlp = v.pop("mlp")
-    v.update(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    patch = 16 if model_type == "qwen3_vl" else 14
+    v.update(patch_size=patch, spatial_merge_size=2, temporal_patch_size=2)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
     if model_type == "qwen2_vl":
         v.update(embed_dim=v["hidden_size"], mlp_ratio=mlp // v["hidden_size"], hidden_size=text["hidden_size"])
-    else:  # Qwen2.5-VL: a gated MLP, window attention but in the blocks listed as full, merger out to the LLM width
+    elif model_type == "qwen2_5_vl":  # a gated MLP, window attention but in the blocks listed as full, merger out to the LLM width
         v.update(intermediate_size=mlp, out_hidden_size=text["hidden_size"], window_size=56,
                  fullatt_block_indexes=[v["depth"] - 1])
+    else:  # Qwen3-VL: patch 16, learnt position embeddings on a square grid, deepstack mergers into the first LLM layers
+        v.update(intermediate_size=mlp, out_hidden_size=text["hidden_size"], num_position_embeddings=64,
+                 deepstack_visual_indexes=list(range(v["depth"] - 1)))
+        text.setdefault("head_dim", text["hidden_size"] // text["num_attention_heads"])
+        rope.update(mrope_interleaved=True)
     config = config_cls(
-        text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=4096, **text,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+        text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=4096, **text, rope_parameters=rope,
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),
         vision_config=v,
@@ -155,11 +165,12 @@ def save_qwen2_vl(path, tokenizer, *, text: dict, vision: dict, model_type: str 
         model = model_cls(config).eval()
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch)
     from vlx.model.vlm import without_video
 
+    template = QWEN3_CHAT_TEMPLATE if model_type == "qwen3_vl" else QWEN_CHAT_TEMPLATE
     processor = without_video(processor_cls)(image_processor=image_processor, tokenizer=tokenizer,
-                                             chat_template=QWEN_CHAT_TEMPLATE)
+                                             chat_template=template)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

@@ -36,7 +36,7 @@ from vlx.data.vlm_data import VlmDataset
 from vlx.model.vlm import check_pixel_budget, set_pixel_budget
 from vlx.device import device
 from vlx.model.build import ModelLoadError, resolve_checkpoint
-from vlx.model.families import Family, family_of, family_of_checkpoint, lora_targets, training_template
+from vlx.model.families import Family, connector_modules, family_of, family_of_checkpoint, lora_targets, training_template
 from vlx.model.llava import IMAGE_TOKEN
 from vlx.plot import plot_metrics
 from vlx.run import RunInfo
@@ -64,7 +64,7 @@ def attach_lora(model, cfg: LoraConfig, family: Family | None = None):
         raise ModelLoadError(f"found no Linear layers matching {family.lora_pattern} to put LoRA on")
     peft_cfg = PeftLoraConfig(
         r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none",
-        modules_to_save=[family.connector.rsplit(".", 1)[-1]] if cfg.train_projector else None,
+        modules_to_save=connector_modules(model, family) if cfg.train_projector else None,
     )
     for p in model.parameters():
         p.requires_grad_(False)
