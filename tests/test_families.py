@@ -81,37 +81,48 @@ def test_finetune_and_extract_on_a_llava_hf_checkpoint(llava_hf, tmp_path):
     assert "pois" in line["result"]
 
 
-@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-def qwen2_vl(request, tmp_path_factory):
-    """A tiny random Qwen2-VL / Qwen2.5-VL / Qwen3-VL saved as the hub lays one out (its processor names a
-    video processor)."""
-    from vlx.model.tiny import tiny_qwen2_vl
+QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+PROCESSOR_FAMILIES = QWEN + ["llava_next"]
+END_OF_TURN = {"llava_next": "</s>"}
+"""The token that ends an answer in each family's template (Qwen's ChatML: `<|im_end|>`)."""
+ANSWER_LEAD = {"llava_next": " "}
+"""What a template writes between the prompt and the answer (LLaVA-NeXT: `[/INST] answer`), which the
+answer's first token carries, as a model generating after the prompt would write it."""
 
-    return tiny_qwen2_vl(tmp_path_factory.mktemp("qwen") / f"{request.param}-tiny", model_type=request.param)
+
+@pytest.fixture(scope="module", params=PROCESSOR_FAMILIES)
+def vlm(request, tmp_path_factory):
+    """A tiny random checkpoint of a family whose samples go through its processor, saved as the hub lays
+    one out: Qwen2-VL / Qwen2.5-VL / Qwen3-VL (their processors name a video processor) and LLaVA-NeXT
+    (anyres tiles)."""
+    from vlx.model.tiny import tiny_llava_next, tiny_qwen2_vl
+
+    path = tmp_path_factory.mktemp("vlm") / f"{request.param}-tiny"
+    return tiny_llava_next(path) if request.param == "llava_next" else tiny_qwen2_vl(path, model_type=request.param)
 
 
-def test_extract_on_a_qwen2_vl_checkpoint_without_torchvision(qwen2_vl, tmp_path):
+def test_extract_through_the_checkpoints_processor_without_torchvision(vlm, tmp_path):
     import vlx
     from vlx.schema import load_schema
 
-    sizes = [(80, 60), (100, 40), (150, 90)]  # dynamic resolution: a different number of image tokens each
+    sizes = [(80, 60), (150, 90), (40, 100)]  # dynamic resolution / anyres: a different number of image tokens each
     paths = []
     for i, size in enumerate(sizes):
         Image.new("RGB", size, (60 * i, 120, 200)).save(tmp_path / f"q{i}.png")
         paths.append(tmp_path / f"q{i}.png")
-    extractor = vlx.load(qwen2_vl)
+    extractor = vlx.load(vlm)
     assert extractor.template is None  # prompted with the checkpoint's own chat template
     Schema = load_schema(POI)
     batched = extractor.extract_many(paths, Schema, batch_size=3)
     assert all(isinstance(r, Schema) for r in batched)
     assert [r.model_dump() for r in batched] == [extractor.extract(p, Schema).model_dump() for p in paths]
-    result = runner.invoke(app, ["extract", "--model", str(qwen2_vl), "--schema", str(POI), str(paths[0])])
+    result = runner.invoke(app, ["extract", "--model", str(vlm), "--schema", str(POI), str(paths[0])])
     assert result.exit_code == 0, result.output
     [line] = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
     assert "pois" in line["result"]
 
 
-def _scene_rows(tmp_path, sizes=((80, 60), (100, 40), (150, 90), (64, 64))) -> Path:
+def _scene_rows(tmp_path, sizes=((80, 60), (150, 90), (40, 100), (64, 64))) -> Path:
     target = {"pois": [{"name": "Nord Fox", "category": "cafe", "address": {"house_number": "12a", "street": None},
                         "phone": None, "website": None, "opening_hours": [], "open_24h": False}]}
     for i, size in enumerate(sizes):  # dynamic resolution: another number of image tokens for each
@@ -121,7 +132,7 @@ def _scene_rows(tmp_path, sizes=((80, 60), (100, 40), (150, 90), (64, 64))) -> P
     return tmp_path / "rows.jsonl"
 
 
-def test_qwen2_vl_samples_supervise_the_answer_and_its_end_of_turn_only(qwen2_vl, tmp_path):
+def test_processor_samples_supervise_the_answer_and_its_end_of_turn_only(vlm, tmp_path):
     import torch
 
     import vlx.api
@@ -133,7 +144,9 @@ def test_qwen2_vl_samples_supervise_the_answer_and_its_end_of_turn_only(qwen2_vl
     from vlx.model.vlm import load_vlm
     from vlx.schema import canonical_json, load_schema
 
-    model, processor = load_vlm(qwen2_vl)
+    model, processor = load_vlm(vlm)
+    family = family_of_checkpoint(vlm).model_type
+    end, lead = END_OF_TURN.get(family, "<|im_end|>"), ANSWER_LEAD.get(family, "")
     Schema = load_schema(POI)
     _scene_rows(tmp_path)
     answer = canonical_json(Schema.model_validate(json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[0])["target"]))
@@ -152,9 +165,9 @@ def test_qwen2_vl_samples_supervise_the_answer_and_its_end_of_turn_only(qwen2_vl
     assert len(set(counts)) == 3 and all(counts)  # the processor expanded each image to its own size
     for e in examples[:3]:
         supervised = [x for x in e.labels if x != IGNORE_INDEX]
-        assert tok.decode(supervised) == answer + "<|im_end|>"
+        assert tok.decode(supervised) == lead + answer + end
         assert e.image_text == prompt  # exactly what `vlx extract` prompts with
-    assert tok.decode([x for x in examples[3].labels if x != IGNORE_INDEX]) == "Hello!<|im_end|>Goodbye.<|im_end|>"
+    assert tok.decode([x for x in examples[3].labels if x != IGNORE_INDEX]) == f"{lead}Hello!{end}{lead}Goodbye.{end}"
     # The grammar `vlx extract` decodes with takes the answer and its end-of-turn token for token.
     decoder = ConstrainedDecoder(model, processor, Schema, template=None)
     from vlx.decode.processor import GrammarLogitsProcessor
@@ -178,7 +191,7 @@ def test_qwen2_vl_samples_supervise_the_answer_and_its_end_of_turn_only(qwen2_vl
     assert labels.shape == batch["input_ids"].shape
 
 
-def test_finetune_extract_export_on_a_qwen2_vl_checkpoint(qwen2_vl, tmp_path):
+def test_finetune_extract_export_through_the_checkpoints_processor(vlm, tmp_path):
     import torch
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -188,37 +201,41 @@ def test_finetune_extract_export_on_a_qwen2_vl_checkpoint(qwen2_vl, tmp_path):
 
     rows = _scene_rows(tmp_path)
     run, exported = tmp_path / "ft", tmp_path / "exp"
-    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(qwen2_vl), "--data", str(rows),
+    family = family_of_checkpoint(vlm)
+    # One pixel budget (families that have one): set once, kept in the run, used by extraction and the export.
+    budget = {"shortest_edge": 784, "longest_edge": 3136} if family.pixel_budget else None
+    flags = ["--min-pixels", "784", "--max-pixels", "3136"] if budget else []
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(vlm), "--data", str(rows),
                                  "--out", str(run), "--max-steps", "2", "--val-fraction", "0", "--learning-rate", "0.05",
-                                 "--min-pixels", "784", "--max-pixels", "3136"])
+                                 *flags])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert json.loads((run / "vlx_run.json").read_text())["template"] is None  # the checkpoint's own template
-    # One pixel budget: set once, kept in the run, used by extraction and the export.
-    budget = {"shortest_edge": 784, "longest_edge": 3136}
-    assert json.loads((run / "processor_config.json").read_text())["image_processor"]["size"] == budget
     import vlx
 
     extractor = vlx.load(run)
-    assert {k: v for k, v in dict(extractor.processor.image_processor.size).items() if v is not None} == budget
+    if budget:
+        assert json.loads((run / "processor_config.json").read_text())["image_processor"]["size"] == budget
+        assert {k: v for k, v in dict(extractor.processor.image_processor.size).items() if v is not None} == budget
     adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
-    family = family_of_checkpoint(qwen2_vl)
-    connectors = connector_modules(AutoModelForImageTextToText.from_pretrained(qwen2_vl), family)
-    assert connectors[0] == "merger" and (family.model_type != "qwen3_vl" or connectors[1:] == ["deepstack_merger_list.0"])
+    connectors = connector_modules(AutoModelForImageTextToText.from_pretrained(vlm), family)
+    assert connectors == {"llava_next": ["multi_modal_projector"], "qwen3_vl": ["merger", "deepstack_merger_list.0"]}.get(
+        family.model_type, ["merger"])
     assert any("lora_" in k for k in adapter)
     for name in connectors:  # every connector (Qwen3-VL: the deepstack mergers too) trained and saved
         assert any(f".{name}." in k for k in adapter), name
     assert all("lora_" in k or any(f".{n}." in k for n in connectors) for k in adapter), \
         [k for k in adapter if "lora_" not in k][:3]
-    assert not any("visual.blocks" in k for k in adapter)  # the vision tower stays frozen
+    assert not any(f"{family.vision}." in k and ".lora_" in k for k in adapter)  # the vision tower stays frozen
     result = runner.invoke(app, ["extract", "--model", str(run), str(tmp_path / "s0.png"), str(tmp_path / "s1.png")])
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
     assert len(lines) == 2 and all("pois" in x["result"] for x in lines)
     result = runner.invoke(app, ["export", "--model", str(run), "--out", str(exported)])
     assert result.exit_code == 0, result.output
-    assert json.loads((exported / "processor_config.json").read_text())["image_processor"]["size"] == budget
+    if budget:
+        assert json.loads((exported / "processor_config.json").read_text())["image_processor"]["size"] == budget
     merged = AutoModelForImageTextToText.from_pretrained(exported).eval()  # no vlx in the way
-    base = AutoModelForImageTextToText.from_pretrained(qwen2_vl)
+    base = AutoModelForImageTextToText.from_pretrained(vlm)
     adapted = PeftModel.from_pretrained(base, run / "adapter").eval()
     processor = load_processor(exported)
     prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}],
@@ -226,7 +243,7 @@ def test_finetune_extract_export_on_a_qwen2_vl_checkpoint(qwen2_vl, tmp_path):
     inputs = processor(text=[prompt], images=[Image.open(tmp_path / "s2.png")], return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(merged(**inputs).logits, adapted(**inputs).logits, atol=1e-4)
-        plain = AutoModelForImageTextToText.from_pretrained(qwen2_vl).eval()  # `base` now holds the adapter
+        plain = AutoModelForImageTextToText.from_pretrained(vlm).eval()  # `base` now holds the adapter
         assert not torch.allclose(merged(**inputs).logits, plain(**inputs).logits, atol=1e-4)
     # The serving pair: the base with the trained connector, and the language model's LoRA alone.
     result = runner.invoke(app, ["export", "--model", str(run), "--out", str(tmp_path / "serve"), "--lora"])
@@ -238,13 +255,14 @@ def test_finetune_extract_export_on_a_qwen2_vl_checkpoint(qwen2_vl, tmp_path):
                                        tmp_path / "serve" / "adapter").eval()
     with torch.no_grad():
         assert torch.allclose(served(**inputs).logits, merged(**inputs).logits, atol=1e-4)
-    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(qwen2_vl), "--data", str(rows),
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(vlm), "--data", str(rows),
                                  "--out", str(tmp_path / "packed"), "--packing", "--max-steps", "1", "--val-fraction", "0"])
     assert result.exit_code == 0, result.output + repr(result.exception)
 
 
-def test_qwen_packing_gives_every_sample_the_logits_it_has_alone(qwen2_vl, tmp_path):
-    """Packed with 4-row position ids (text row + the sample's own mRoPE rows): exact. Restarting 1-D ids: not."""
+def test_packing_gives_every_sample_the_logits_it_has_alone(vlm, tmp_path):
+    """Qwen: packed with 4-row position ids (text row + the sample's own mRoPE rows): exact; restarting 1-D
+    ids: not. LLaVA-NeXT (plain RoPE): restarting 1-D ids are exact."""
     import torch
 
     from vlx.data.dataset import Collator
@@ -253,7 +271,7 @@ def test_qwen_packing_gives_every_sample_the_logits_it_has_alone(qwen2_vl, tmp_p
     from vlx.data.vlm_data import VlmDataset, prepare_vlm
     from vlx.model.vlm import load_vlm
 
-    model, processor = load_vlm(qwen2_vl)
+    model, processor = load_vlm(vlm)
     rows = []
     for i, size in enumerate([(56, 56), (112, 84), (150, 90)]):
         Image.new("RGB", size, (60 * i, 100, 20)).save(tmp_path / f"{i}.png")
@@ -284,20 +302,23 @@ def test_qwen_packing_gives_every_sample_the_logits_it_has_alone(qwen2_vl, tmp_p
                     start += lengths[i]
             return err
 
+        mrope = family_of_checkpoint(vlm).mrope
         for one_row in (True, False):
-            assert worst(PackingCollator(pad, one_row=one_row, rope_index=mrope_index(model)), one_row) < 1e-5
-        assert worst(PackingCollator(pad, one_row=True), True) > 1e-2  # 1-D restarting ids corrupt the later samples
+            collator = PackingCollator(pad, one_row=one_row, rope_index=mrope_index(model) if mrope else None)
+            assert worst(collator, one_row) < 1e-5
+        if mrope:
+            assert worst(PackingCollator(pad, one_row=True), True) > 1e-2  # 1-D restarting ids corrupt the later samples
 
 
 def test_unsupported_families_are_refused_in_one_line(tmp_path):
     (tmp_path / "rows.jsonl").write_text("{}\n")
-    (tmp_path / "next").mkdir()
-    (tmp_path / "next" / "config.json").write_text(json.dumps({"model_type": "llava_next"}))
-    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(tmp_path / "next"), "--data",
+    (tmp_path / "idefics").mkdir()
+    (tmp_path / "idefics" / "config.json").write_text(json.dumps({"model_type": "idefics3"}))
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(tmp_path / "idefics"), "--data",
                                  str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "ft")])
     assert result.exit_code == 2
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
-    assert "vlx cannot fine-tune with 'llava_next' checkpoints yet" in line and "it can with: llava, qwen2_vl, qwen2_5_vl, qwen3_vl" in line
+    assert "vlx cannot fine-tune with 'idefics3' checkpoints yet" in line and "it can with: llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl" in line
     (tmp_path / "gemma").mkdir()
     (tmp_path / "gemma" / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
     result = runner.invoke(app, ["extract", "--model", str(tmp_path / "gemma"), "--schema", str(POI), "x.png"])
@@ -331,27 +352,30 @@ def test_a_hub_id_that_cannot_be_fetched_says_how_to_get_it(monkeypatch):
         resolve_checkpoint("llava-hf/no-such-model-here")
 
 
-def test_data_validate_with_a_qwen_base_counts_its_image_tokens(qwen2_vl, tmp_path):
+def test_data_validate_with_a_processor_base_counts_its_image_tokens(vlm, tmp_path):
     rows = _scene_rows(tmp_path, sizes=((56, 56), (112, 112), (150, 90)))
-    result = runner.invoke(app, ["data", "validate", str(rows), "--schema", str(POI), "--base", str(qwen2_vl)])
+    result = runner.invoke(app, ["data", "validate", str(rows), "--schema", str(POI), "--base", str(vlm)])
     assert result.exit_code == 0, result.output
     line = next(x for x in result.output.splitlines() if x.startswith("tokens per sample"))
-    # 56 px squares give 4 tokens; 112 px squares 16 at Qwen2's 28 px a merged token, 9 at Qwen3-VL's 32
-    # (112 px rounds down to 96 inside the 112 x 112 pixel budget).
-    expected = "4-9" if family_of_checkpoint(qwen2_vl).model_type == "qwen3_vl" else "4-16"
+    # Qwen: 56 px squares give 4 tokens; 112 px squares 16 at Qwen2's 28 px a merged token, 9 at Qwen3-VL's 32
+    # (112 px rounds down to 96 inside the 112 x 112 pixel budget). LLaVA-NeXT: 16 for the base image, then
+    # squares fill the 64 x 64 pinpoint (2 x 2 tiles of 4 x 4 features: 64, + 8 row newlines) = 88, and
+    # 150 x 90 unpads to 4 of those 8 rows (32 + 4 newlines) = 52.
+    expected = {"qwen3_vl": "4-9", "llava_next": "52-88"}.get(family_of_checkpoint(vlm).model_type, "4-16")
     assert "template the checkpoint's own" in line and f"image tokens per image {expected}" in line
     long = [{"id": "long", "image": "s0.png", "conversations": [
         {"from": "human", "value": "<image>\n" + "word " * 3000}, {"from": "gpt", "value": "ok"}]},
         {"id": "short", "image": "s1.png", "conversations": [
             {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A shop."}]}]
     (tmp_path / "chat.json").write_text(json.dumps(long))
-    result = runner.invoke(app, ["data", "validate", str(tmp_path / "chat.json"), "--base", str(qwen2_vl)])
+    result = runner.invoke(app, ["data", "validate", str(tmp_path / "chat.json"), "--base", str(vlm)])
     assert result.exit_code == 1
     [problem] = [x for x in result.output.splitlines() if "max_length" in x and "tokens with the image" in x]
     assert "chat.json" in problem and "over max_length=2048" in problem
 
 
-def test_a_qwen_checkpoint_in_the_hubs_older_layout_loads_without_torchvision(qwen2_vl, tmp_path):
+@pytest.mark.parametrize("vlm", QWEN, indirect=True)
+def test_a_qwen_checkpoint_in_the_hubs_older_layout_loads_without_torchvision(vlm, tmp_path):
     """Qwen/Qwen2-VL-2B-Instruct on the hub: preprocessor_config.json (with processor_class), chat_template.json
     and a video_preprocessor_config.json, no processor_config.json."""
     import shutil
@@ -360,7 +384,7 @@ def test_a_qwen_checkpoint_in_the_hubs_older_layout_loads_without_torchvision(qw
     from vlx.schema import load_schema
 
     hub = tmp_path / "hub"
-    shutil.copytree(qwen2_vl, hub)
+    shutil.copytree(vlm, hub)
     combined = json.loads((hub / "processor_config.json").read_text())
     (hub / "preprocessor_config.json").write_text(json.dumps({**combined["image_processor"],
                                                               "processor_class": combined["processor_class"]}))

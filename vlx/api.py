@@ -166,7 +166,7 @@ class Extractor:
         user = f"{IMAGE_TOKEN}\n{message}" if img is not None else message
         text = generate(self.model, self.processor, [self.prompt(user)], [img], max_new_tokens=max_new_tokens,
                         temperature=temperature, seed=seed)[0]
-        prefix = answer_prefix(self.template)
+        prefix = answer_prefix(self.template, self.processor)
         return (text[len(prefix):] if prefix and text.startswith(prefix) else text).strip()
 
 

@@ -134,6 +134,21 @@ class LlavaDataset(torch.utils.data.Dataset):
         return item
 
 
+def concat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate on dim 0, zero-padding every other dim to the largest, as each family's processor pads
+    a batch of its own: LLaVA-NeXT's anyres tiles (the model keeps the first `image_sizes` gives),
+    SmolVLM's image splits (all-zero images are dropped). Same-shaped inputs (Qwen) concatenate as they are."""
+    if len({t.shape[1:] for t in tensors}) == 1:
+        return torch.cat(tensors)
+    shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    out = tensors[0].new_zeros((sum(t.shape[0] for t in tensors), *shape))
+    start = 0
+    for t in tensors:
+        out[(slice(start, start + t.shape[0]), *(slice(0, n) for n in t.shape[1:]))] = t
+        start += t.shape[0]
+    return out
+
+
 @dataclass
 class Collator:
     """Right-pads a batch; stacks pixel values of the rows that have an image (in row order).
@@ -175,7 +190,7 @@ class Collator:
                     out[key][i, :len(b["input_ids"])] = torch.tensor(b["token_inputs"][key])
         processed = [b["image_inputs"] for b in batch if b.get("image_inputs")]
         for key in processed[0] if processed else ():  # rows of `vlx.data.vlm_data.VlmDataset`: the
-            out[key] = torch.cat([p[key] for p in processed])  # processor's own layout (Qwen: patches x dim)
+            out[key] = concat_padded([p[key] for p in processed])  # processor's own layout (Qwen: patches x dim)
         features = [b["vision_features"] for b in batch if b.get("vision_features") is not None]
         if features:  # rows from `vlx.data.feature_cache.CachedFeatureDataset`
             out["vision_features"] = torch.stack(features)  # (n_images, tokens, width)

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from vlx.config import ConfigError
 from vlx.data.templates import IGNORE_INDEX
+from vlx.data.dataset import concat_padded
 
 PACKING_ATTENTION = {
     "flash_attention_2": "one row",
@@ -164,7 +165,7 @@ class PackingCollator:
             position_ids = torch.cat([position_ids[None], mrope])
         out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "use_cache": False, **token_inputs}
         for key in processed[0] if processed else ():  # the processor's own image inputs, in packed order
-            out[key] = torch.cat([p[key] for p in processed])
+            out[key] = concat_padded([p[key] for p in processed])
         if pixels:
             out["pixel_values"] = torch.stack(pixels)  # (n_images, 3, S, S), in packed order
         if features:

@@ -132,8 +132,14 @@ def _merge(segments: list[Segment]) -> list[Segment]:
     return merged
 
 
-def answer_prefix(template: str) -> str:
-    """Text the trained model emits between the prompt and the answer proper (vicuna: a space)."""
+def answer_prefix(template: str | None, processor=None) -> str:
+    """Text the trained model emits between the prompt and the answer proper (vicuna: a space). Under the
+    checkpoint's own chat template (`template` None), what that template writes there
+    (`vlx.data.vlm_data.answer_lead`: LLaVA-NeXT's `[/INST] answer`, a space)."""
+    if template is None and processor is not None:
+        from vlx.data.vlm_data import answer_lead
+
+        return answer_lead(processor)
     return " " if template in ("vicuna_v1", "llava_hf") else ""
 
 

@@ -1,12 +1,14 @@
 """Training samples through the checkpoint's own processor and chat template (families whose processor
-expands the image into a size-dependent number of tokens: Qwen2-VL's dynamic resolution, ...).
+expands the image into a size-dependent number of tokens: Qwen2/2.5/3-VL's dynamic resolution, LLaVA-NeXT's
+anyres tiles).
 
     examples, problems = prepare_vlm(rows, processor, max_length=4096)
     dataset = VlmDataset(examples, processor)      # Collator(...) batches its rows
 
 Each turn is rendered by `processor.apply_chat_template`, as `vlx extract` renders its prompt at
 inference: the text before an answer is the generation prompt of the conversation so far, the
-answer follows it, and what the template writes after the answer ends the turn. Only the answers
+answer follows it (after whatever whitespace the template puts there, `answer_lead`, which is part of
+the answer the model learns to write), and what the template writes after the answer ends the turn. Only the answers
 and the first token of each turn's ending (the end-of-turn token, `<|im_end|>` in Qwen) are
 supervised, so the model learns to stop. The image's placeholder is expanded by the processor
 itself (its token count follows the image's size), and the answer is tokenized as a decoder
@@ -69,18 +71,35 @@ class VlmExample:
         return self.image is not None
 
 
+_PROBE_ANSWER = "Probe answer."
+
+
+def answer_lead(processor) -> str:
+    """Whitespace the checkpoint's template writes between its generation prompt and an answer, which the
+    model writes itself at inference: LLaVA-NeXT's `[/INST] answer` has a space, Qwen's
+    `<|im_start|>assistant\nanswer` none."""
+    turns = [Turn(f"{IMAGE_TOKEN}\nProbe question.", _PROBE_ANSWER)]
+    prompt = render_prompt(processor, [Turn(turns[0].user, None)])
+    full = processor.apply_chat_template(messages(turns), tokenize=False)
+    between = full[len(prompt):].split(_PROBE_ANSWER, 1)[0] if full.startswith(prompt) else None
+    return between if between is not None and not between.strip() else ""
+
+
 def _segments(processor, turns: list[Turn]) -> list[tuple[str, str, str]]:
-    """-> per turn (prompt text, answer, end-of-turn text), concatenating to the template's whole rendering."""
+    """-> per turn (prompt text, answer, end-of-turn text), concatenating to the template's whole rendering.
+    The answer includes the template's lead (`answer_lead`), which the model learns to write."""
     out, done = [], ""
+    lead = answer_lead(processor)
     for k, t in enumerate(turns):
         prompt = render_prompt(processor, turns[:k] + [Turn(t.user, None)])
         full = processor.apply_chat_template(messages(turns[: k + 1]), tokenize=False)
-        if not prompt.startswith(done) or not full.startswith(prompt + t.assistant):
+        answer = lead + t.assistant
+        if not prompt.startswith(done) or not full.startswith(prompt + answer):
             raise SampleError(
                 "the checkpoint's chat template does not render this conversation as its generation prompt "
                 "followed by the answer (it rewrites earlier turns or the answer), so the answer cannot be "
                 "located for supervision; give single-turn rows or a template that renders history unchanged")
-        out.append((prompt[len(done):], t.assistant, full[len(prompt) + len(t.assistant):]))
+        out.append((prompt[len(done):], answer, full[len(prompt) + len(answer):]))
         done = full
     return out
 
@@ -165,4 +184,4 @@ class VlmDataset(LlavaDataset):
         return item
 
 
-__all__ = ["user_content", "messages", "render_prompt", "encode_vlm", "prepare_vlm", "VlmExample", "VlmDataset"]
+__all__ = ["user_content", "messages", "render_prompt", "answer_lead", "encode_vlm", "prepare_vlm", "VlmExample", "VlmDataset"]

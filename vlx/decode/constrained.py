@@ -91,7 +91,8 @@ class ConstrainedDecoder:
         check_supported(Schema)
         self.model, self.processor, self.Schema, self.template = model, processor, Schema, template
         self.config = config or DecodeConfig()
-        self.grammar = answer_grammar(Schema, template)
+        self.prefix = answer_prefix(template, processor)
+        self.grammar = answer_grammar(Schema, template, self.prefix)
         self.eos_token_id = end_token_id(processor.tokenizer, template)
         self.index = None
         if self.config.backend != "none":
@@ -118,7 +119,7 @@ class ConstrainedDecoder:
         return results
 
     def _result(self, text: str, complete: bool | None, source: str | None) -> BaseModel | ExtractionError:
-        prefix = answer_prefix(self.template)
+        prefix = self.prefix
         body = text[len(prefix):] if prefix and text.startswith(prefix) else text
         if complete is False:
             return ExtractionError(

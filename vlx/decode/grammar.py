@@ -59,7 +59,7 @@ def schema_grammar(schema: dict) -> Grammar:
     return Grammar(regex, size)
 
 
-def answer_grammar(Schema: type[BaseModel], template: str) -> Grammar:
+def answer_grammar(Schema: type[BaseModel], template: str | None, prefix: str | None = None) -> Grammar:
     """The grammar of a whole answer: the template's answer prefix, then the canonical JSON.
 
     Under `vicuna_v1` the trained model's answer starts with a space (`ASSISTANT: {...}`);
@@ -67,7 +67,7 @@ def answer_grammar(Schema: type[BaseModel], template: str) -> Grammar:
     SentencePiece that is the merged `▁{`), instead of forcing a token sequence the model never saw.
     """
     inner = schema_grammar(grammar_schema(Schema))
-    prefix = answer_prefix(template)
+    prefix = answer_prefix(template) if prefix is None else prefix
     return Grammar(escape(prefix) + inner.regex, len(prefix.encode()) + inner.max_bytes)
 
 

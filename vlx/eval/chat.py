@@ -140,7 +140,7 @@ def chat_answers(extractor, rows, *, max_new_tokens: int = 64, batch_size: int =
                     texts = generate(extractor.model, extractor.processor, [prompts[i] for i in group],
                                      [images[i] for i in group], max_new_tokens=max_new_tokens, batch_size=len(group))
                     out.update(zip(group, texts))
-    prefix = answer_prefix(extractor.template)
+    prefix = answer_prefix(extractor.template, extractor.processor)
     return [(out[i][len(prefix):] if prefix and out[i].startswith(prefix) else out[i]).strip() for i in range(len(rows))]
 
 

@@ -72,7 +72,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            _pattern("model.language_model"), finetune=True, extract=True, packing=True,
            note="vlx train-base runs and llava-hf LLaVA-1.5 (template matched by rendering)"),
     Family("llava_next", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
-           _pattern("model.language_model"), note="anyres image tokens through the processor: not yet"),
+           _pattern("model.language_model"), finetune=True, extract=True, inputs="processor", packing=True),
     Family("qwen2_vl", "model.language_model", "model.visual.merger", "model.visual",
            _pattern("model.language_model"), finetune=True, extract=True, inputs="processor", pixel_budget=True,
            packing=True, mrope=True),

@@ -174,3 +174,46 @@ def save_qwen2_vl(path, tokenizer, *, text: dict, vision: dict, model_type: str 
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# ---- a tiny LLaVA-NeXT (anyres), laid out as llava-hf ships llava-v1.6-mistral -----------------------
+
+# llava-v1.6-mistral's chat layout: `[INST] <image>\n{question} [/INST]`, the answer after a space and
+# closed by `</s> `; no generation prompt of its own (the prompt ends at `[/INST]`).
+LLAVA_NEXT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% for part in message['content'] if part['type'] == 'image' %}{{ '<image>\n' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}{{ ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'][0]['text'] + '</s> ' }}{% endif %}{% endfor %}"
+)
+
+
+def tiny_llava_next(path, *, seed: int = 0):
+    """Save a random LLaVA-NeXT: a 32 px CLIP tower (4 x 4 patches), anyres tiles on 32 x 64, 64 x 32 and
+    64 x 64 grids, a 2-layer Llama, and llava-v1.6-mistral's chat layout."""
+    import torch
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.image_token = "<image>"
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    pinpoints = [[32, 64], [64, 32], [64, 64]]
+    text = tiny_text_config(len(tokenizer))
+    config = LlavaNextConfig(vision_config=tiny_vision_config().to_dict(), text_config=text.to_dict(),
+                             image_token_index=image_id, image_grid_pinpoints=pinpoints,
+                             vision_feature_select_strategy="default", vision_feature_layer=-2)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlavaNextForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                 image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=LLAVA_NEXT_TEMPLATE)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
