@@ -82,10 +82,10 @@ def test_finetune_and_extract_on_a_llava_hf_checkpoint(llava_hf, tmp_path):
 
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
-PROCESSOR_FAMILIES = QWEN + ["llava_next"]
-END_OF_TURN = {"llava_next": "</s>"}
+PROCESSOR_FAMILIES = QWEN + ["llava_next", "idefics3", "smolvlm"]
+END_OF_TURN = {"llava_next": "</s>", "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>"}
 """The token that ends an answer in each family's template (Qwen's ChatML: `<|im_end|>`)."""
-ANSWER_LEAD = {"llava_next": " "}
+ANSWER_LEAD = {"llava_next": " ", "idefics3": " ", "smolvlm": " "}
 """What a template writes between the prompt and the answer (LLaVA-NeXT: `[/INST] answer`), which the
 answer's first token carries, as a model generating after the prompt would write it."""
 
@@ -93,19 +93,23 @@ answer's first token carries, as a model generating after the prompt would write
 @pytest.fixture(scope="module", params=PROCESSOR_FAMILIES)
 def vlm(request, tmp_path_factory):
     """A tiny random checkpoint of a family whose samples go through its processor, saved as the hub lays
-    one out: Qwen2-VL / Qwen2.5-VL / Qwen3-VL (their processors name a video processor) and LLaVA-NeXT
-    (anyres tiles)."""
-    from vlx.model.tiny import tiny_llava_next, tiny_qwen2_vl
+    one out: Qwen2-VL / Qwen2.5-VL / Qwen3-VL (their processors name a video processor), LLaVA-NeXT
+    (anyres tiles), Idefics3 and SmolVLM (image splits and a global image)."""
+    from vlx.model.tiny import tiny_idefics3, tiny_llava_next, tiny_qwen2_vl
 
     path = tmp_path_factory.mktemp("vlm") / f"{request.param}-tiny"
-    return tiny_llava_next(path) if request.param == "llava_next" else tiny_qwen2_vl(path, model_type=request.param)
+    if request.param == "llava_next":
+        return tiny_llava_next(path)
+    if request.param in ("idefics3", "smolvlm"):
+        return tiny_idefics3(path, model_type=request.param)
+    return tiny_qwen2_vl(path, model_type=request.param)
 
 
 def test_extract_through_the_checkpoints_processor_without_torchvision(vlm, tmp_path):
     import vlx
     from vlx.schema import load_schema
 
-    sizes = [(80, 60), (150, 90), (40, 100)]  # dynamic resolution / anyres: a different number of image tokens each
+    sizes = [(80, 60), (150, 90), (200, 60)]  # dynamic resolution / anyres: a different number of image tokens each
     paths = []
     for i, size in enumerate(sizes):
         Image.new("RGB", size, (60 * i, 120, 200)).save(tmp_path / f"q{i}.png")
@@ -122,7 +126,7 @@ def test_extract_through_the_checkpoints_processor_without_torchvision(vlm, tmp_
     assert "pois" in line["result"]
 
 
-def _scene_rows(tmp_path, sizes=((80, 60), (150, 90), (40, 100), (64, 64))) -> Path:
+def _scene_rows(tmp_path, sizes=((80, 60), (150, 90), (200, 60), (64, 64))) -> Path:
     target = {"pois": [{"name": "Nord Fox", "category": "cafe", "address": {"house_number": "12a", "street": None},
                         "phone": None, "website": None, "opening_hours": [], "open_24h": False}]}
     for i, size in enumerate(sizes):  # dynamic resolution: another number of image tokens for each
@@ -218,7 +222,8 @@ def test_finetune_extract_export_through_the_checkpoints_processor(vlm, tmp_path
         assert {k: v for k, v in dict(extractor.processor.image_processor.size).items() if v is not None} == budget
     adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     connectors = connector_modules(AutoModelForImageTextToText.from_pretrained(vlm), family)
-    assert connectors == {"llava_next": ["multi_modal_projector"], "qwen3_vl": ["merger", "deepstack_merger_list.0"]}.get(
+    assert connectors == {"llava_next": ["multi_modal_projector"], "qwen3_vl": ["merger", "deepstack_merger_list.0"],
+                          "idefics3": ["connector"], "smolvlm": ["connector"]}.get(
         family.model_type, ["merger"])
     assert any("lora_" in k for k in adapter)
     for name in connectors:  # every connector (Qwen3-VL: the deepstack mergers too) trained and saved
@@ -250,7 +255,7 @@ def test_finetune_extract_export_through_the_checkpoints_processor(vlm, tmp_path
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "serve" / "adapter" / "adapter_config.json").read_text())
     keys = load_file(str(tmp_path / "serve" / "adapter" / "adapter_model.safetensors"))
-    assert config["modules_to_save"] is None and keys and all(".lora_" in k and "language_model" in k for k in keys)
+    assert config["modules_to_save"] is None and keys and all(".lora_" in k and family.language_model in k for k in keys)
     served = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tmp_path / "serve" / "base"),
                                        tmp_path / "serve" / "adapter").eval()
     with torch.no_grad():
@@ -312,13 +317,14 @@ def test_packing_gives_every_sample_the_logits_it_has_alone(vlm, tmp_path):
 
 def test_unsupported_families_are_refused_in_one_line(tmp_path):
     (tmp_path / "rows.jsonl").write_text("{}\n")
-    (tmp_path / "idefics").mkdir()
-    (tmp_path / "idefics" / "config.json").write_text(json.dumps({"model_type": "idefics3"}))
-    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(tmp_path / "idefics"), "--data",
+    (tmp_path / "blip").mkdir()
+    (tmp_path / "blip" / "config.json").write_text(json.dumps({"model_type": "instructblip"}))
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(tmp_path / "blip"), "--data",
                                  str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "ft")])
     assert result.exit_code == 2
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
-    assert "vlx cannot fine-tune with 'idefics3' checkpoints yet" in line and "it can with: llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl" in line
+    assert "vlx cannot fine-tune with 'instructblip' checkpoints yet" in line and \
+        "it can with: llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, idefics3, smolvlm" in line
     (tmp_path / "gemma").mkdir()
     (tmp_path / "gemma" / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
     result = runner.invoke(app, ["extract", "--model", str(tmp_path / "gemma"), "--schema", str(POI), "x.png"])
@@ -360,8 +366,11 @@ def test_data_validate_with_a_processor_base_counts_its_image_tokens(vlm, tmp_pa
     # Qwen: 56 px squares give 4 tokens; 112 px squares 16 at Qwen2's 28 px a merged token, 9 at Qwen3-VL's 32
     # (112 px rounds down to 96 inside the 112 x 112 pixel budget). LLaVA-NeXT: 16 for the base image, then
     # squares fill the 64 x 64 pinpoint (2 x 2 tiles of 4 x 4 features: 64, + 8 row newlines) = 88, and
-    # 150 x 90 unpads to 4 of those 8 rows (32 + 4 newlines) = 52.
-    expected = {"qwen3_vl": "4-9", "llava_next": "52-88"}.get(family_of_checkpoint(vlm).model_type, "4-16")
+    # 150 x 90 unpads to 4 of those 8 rows (32 + 4 newlines) = 52. Idefics3/SmolVLM: resized to 96 px on the
+    # long side, split into 32 px tiles plus the global image, 4 tokens each: squares 9 + 1 -> 40, 150 x 90
+    # 3 x 2 + 1 -> 28.
+    expected = {"qwen3_vl": "4-9", "llava_next": "52-88", "idefics3": "28-40", "smolvlm": "28-40"}.get(
+        family_of_checkpoint(vlm).model_type, "4-16")
     assert "template the checkpoint's own" in line and f"image tokens per image {expected}" in line
     long = [{"id": "long", "image": "s0.png", "conversations": [
         {"from": "human", "value": "<image>\n" + "word " * 3000}, {"from": "gpt", "value": "ok"}]},

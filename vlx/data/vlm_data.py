@@ -85,6 +85,17 @@ def answer_lead(processor) -> str:
     return between if between is not None and not between.strip() else ""
 
 
+def end_of_turn_id(processor) -> int:
+    """The token the checkpoint's template ends an answer with (Qwen `<|im_end|>`, LLaVA-NeXT `</s>`,
+    Idefics3/SmolVLM `<end_of_utterance>`): the one `encode_vlm` supervises, and extraction stops at."""
+    turns = [Turn(f"{IMAGE_TOKEN}\nProbe question.", _PROBE_ANSWER)]
+    prompt = render_prompt(processor, [Turn(turns[0].user, None)])
+    full = processor.apply_chat_template(messages(turns), tokenize=False)
+    ending = full[len(prompt) + len(answer_lead(processor) + _PROBE_ANSWER):]
+    ids, labels = _end_of_turn(processor.tokenizer, ending)
+    return labels[max(i for i, x in enumerate(labels) if x != IGNORE_INDEX)]
+
+
 def _segments(processor, turns: list[Turn]) -> list[tuple[str, str, str]]:
     """-> per turn (prompt text, answer, end-of-turn text), concatenating to the template's whole rendering.
     The answer includes the template's lead (`answer_lead`), which the model learns to write."""
@@ -184,4 +195,4 @@ class VlmDataset(LlavaDataset):
         return item
 
 
-__all__ = ["user_content", "messages", "render_prompt", "answer_lead", "encode_vlm", "prepare_vlm", "VlmExample", "VlmDataset"]
+__all__ = ["user_content", "messages", "render_prompt", "answer_lead", "end_of_turn_id", "encode_vlm", "prepare_vlm", "VlmExample", "VlmDataset"]

@@ -61,8 +61,13 @@ class DecodeConfig:
             raise ValueError(f"max_new_tokens={self.max_new_tokens}: must be >= 1, or None to derive it")
 
 
-def end_token_id(tokenizer, template: str) -> int:
-    """The token that ends an answer under `template` (what training puts after the JSON)."""
+def end_token_id(tokenizer, template: str | None, processor=None) -> int:
+    """The token that ends an answer under `template` (what training puts after the JSON); under the
+    checkpoint's own chat template (`template` None), the one it closes an answer with."""
+    if template is None and processor is not None:
+        from vlx.data.vlm_data import end_of_turn_id
+
+        return end_of_turn_id(processor)
     if template == "chatml" and "<|im_end|>" in tokenizer.get_vocab():
         return tokenizer.convert_tokens_to_ids("<|im_end|>")
     if tokenizer.eos_token_id is None:
@@ -93,7 +98,7 @@ class ConstrainedDecoder:
         self.config = config or DecodeConfig()
         self.prefix = answer_prefix(template, processor)
         self.grammar = answer_grammar(Schema, template, self.prefix)
-        self.eos_token_id = end_token_id(processor.tokenizer, template)
+        self.eos_token_id = end_token_id(processor.tokenizer, template, processor)
         self.index = None
         if self.config.backend != "none":
             self.index = compile_index(self.grammar.regex, processor.tokenizer, self.eos_token_id)
@@ -112,6 +117,7 @@ class ConstrainedDecoder:
             lp = logits_processor(cfg.backend, self.index, self.eos_token_id)
             texts = generate(self.model, self.processor, prompts[start:stop], images[start:stop],
                              max_new_tokens=self.max_new_tokens, batch_size=cfg.batch_size, logits_processor=lp,
+                             eos_token_id=self.eos_token_id,
                              temperature=cfg.temperature, seed=None if cfg.seed is None else cfg.seed + start)
             complete = lp.texts_complete() if isinstance(lp, GrammarLogitsProcessor) else [None] * len(texts)
             for text, done, source in zip(texts, complete, sources[start:stop]):

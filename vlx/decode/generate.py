@@ -49,9 +49,11 @@ def encode_batch(processor, prompts: Sequence[str], images: Sequence[Image.Image
                 f"prompt {i} has {n} {placeholder} placeholder(s) but {'an' if image is not None else 'no'} image: "
                 f"give exactly one {placeholder} per image (vlx decodes one image per prompt)"
             )
-    pil = [im for im in images if im is not None]
+    # Images nested per prompt (an empty list for a text-only one): Idefics3 and SmolVLM require it, the
+    # other families' processors flatten it.
+    nested = [[im] if im is not None else [] for im in images] if any(im is not None for im in images) else None
     with _left_padding(processor.tokenizer):
-        enc = processor(text=list(prompts), images=pil or None, return_tensors="pt", padding=True)
+        enc = processor(text=list(prompts), images=nested, return_tensors="pt", padding=True)
     enc = enc.to(device)
     if "pixel_values" in enc:
         # (n_images, 3, H, W) in the model's dtype; images appear in the order of their placeholders.
@@ -70,6 +72,7 @@ def generate(
     logits_processor=None,
     temperature: float = 0.0,
     seed: int | None = None,
+    eos_token_id: int | None = None,
 ) -> list[str]:
     """Generate a continuation for each prompt, `batch_size` prompts per forward pass.
 
@@ -77,6 +80,8 @@ def generate(
     `logits_processor` is a transformers `LogitsProcessor` (or list of them); one with a
     `reset()` method (grammar-constrained processors keep per-row state) is reset before each
     batch. Greedy when `temperature == 0`, otherwise sampling; `seed` makes sampling repeatable.
+    `eos_token_id` also ends a row (besides the model's generation config): the token a grammar closes
+    an answer with.
 
     >>> generate(model, processor, ["USER: hi ASSISTANT:"], [None], max_new_tokens=8)  # doctest: +SKIP
     [' hello! how can I help?']
@@ -91,6 +96,11 @@ def generate(
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
         "do_sample": False}
     dtype = next(model.parameters()).dtype
+    stop = {}
+    if eos_token_id is not None:
+        configured = model.generation_config.eos_token_id
+        configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+        stop["eos_token_id"] = [eos_token_id] + [t for t in configured if t != eos_token_id]
     out: list[str] = []
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with rng, torch.inference_mode():
@@ -107,6 +117,7 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 logits_processor=LogitsProcessorList(processors) if processors else None,
                 pad_token_id=processor.tokenizer.pad_token_id,
+                **stop,
                 **sampling,
             )
             # (batch, prompt_len + new) -> (batch, new): with left padding every prompt ends at the same column.

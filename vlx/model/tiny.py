@@ -217,3 +217,63 @@ def tiny_llava_next(path, *, seed: int = 0):
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# ---- a tiny Idefics3 / SmolVLM (image splits), laid out as the hub ships them ------------------------
+
+# Idefics3's and SmolVLM's chat layout: `User:<image>{question}<end_of_utterance>\nAssistant: {answer}`,
+# the generation prompt `Assistant:` (the answer follows a space); Idefics3 opens with BOS, SmolVLM with
+# `<|im_start|>`.
+_IDEFICS3_TURNS = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+IDEFICS3_TEMPLATE = "<s>" + _IDEFICS3_TURNS
+SMOLVLM_TEMPLATE = "<|im_start|>" + _IDEFICS3_TURNS
+
+
+def tiny_idefics3(path, *, seed: int = 0, model_type: str = "idefics3"):
+    """Save a random Idefics3 or SmolVLM (`model_type`): a 32 px SigLIP-style tower (patch 8, 16 patches
+    pixel-shuffled by 2 into 4 image tokens per split), images split into up to 3 x 3 tiles of 32 px plus a
+    global image, a 2-layer Llama, and the family's chat layout."""
+    import torch
+    import transformers
+
+    names = {"idefics3": ("Idefics3Config", "Idefics3ForConditionalGeneration", "Idefics3Processor", IDEFICS3_TEMPLATE),
+             "smolvlm": ("SmolVLMConfig", "SmolVLMForConditionalGeneration", "SmolVLMProcessor", SMOLVLM_TEMPLATE)}
+    if model_type not in names:
+        raise ValueError(f"model_type {model_type!r}: use one of {', '.join(names)}")
+    config_name, model_name, processor_name, template = names[model_type]
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    tokenizer = tiny_tokenizer()
+    tiles = [f"<row_{r}_col_{c}>" for r in range(1, 5) for c in range(1, 5)]
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<fake_token_around_image>", "<global-img>",
+                                                                "<end_of_utterance>", *tiles]})
+    tokenizer.image_token = "<image>"
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    end = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    text = tiny_text_config(len(tokenizer)).to_dict()
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    config = getattr(transformers, config_name)(vision_config=vision, text_config=text, image_token_id=image_id,
+                                                scale_factor=2)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = getattr(transformers, model_name)(config).eval()
+    model.generation_config.eos_token_id = [end, tokenizer.eos_token_id]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 96}, max_image_size={"longest_edge": 32})
+    processor_cls = getattr(transformers, processor_name)
+    if model_type == "smolvlm":  # a video processor cannot be built without torchvision
+        from vlx.model.vlm import without_video
+
+        processor_cls = without_video(processor_cls)
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                              chat_template=template)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -11,6 +11,7 @@ work as on the hub, videos are refused.
 from __future__ import annotations
 
 import functools
+import inspect
 from pathlib import Path
 
 import torch
@@ -30,12 +31,37 @@ def without_video(processor_cls):
     no `video_processor`, so the family's own `__init__` runs unchanged and the missing part is
     neither looked up nor saved.
     """
+    # SmolVLM's `__init__` requires a video processor argument (None passes: transformers keeps only the
+    # parts the signature names), and its `apply_chat_template` reads the video processor's frame
+    # defaults even for a chat without videos: a class-level stand-in answers them (never saved).
+    param = inspect.signature(processor_cls.__init__).parameters.get("video_processor")
+    required = {"video_processor": None} if param is not None and param.default is inspect.Parameter.empty else {}
+
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         processor_cls.__init__(self, image_processor=image_processor, tokenizer=tokenizer,
-                               chat_template=chat_template, **kwargs)
+                               chat_template=chat_template, **required, **kwargs)
+
+    # The family's signature less `video_processor`: transformers reads the parts and the settings it
+    # saves (SmolVLM's `image_seq_len`) from it.
+    signature = inspect.signature(processor_cls.__init__)
+    __init__.__signature__ = signature.replace(
+        parameters=[p for name, p in signature.parameters.items() if name != "video_processor"])
 
     # The family's own name: `save_pretrained` records it as `processor_class`, as the hub's files do.
-    return type(processor_cls.__name__, (processor_cls,), {"__init__": __init__, "__module__": __name__})
+    body = {"__init__": __init__, "__module__": __name__}
+    if required:
+        body["video_processor"] = _NoVideo()
+    return type(processor_cls.__name__, (processor_cls,), body)
+
+
+class _NoVideo:
+    """The video processor of a processor built `without_video`: no frame defaults, and no videos."""
+
+    num_frames = None
+    fps = None
+
+    def __call__(self, *args, **kwargs):
+        raise VideoUnavailable("videos need torchvision (pip install torchvision matching your torch build)")
 
 
 def load_processor(path: str | Path):
@@ -67,8 +93,13 @@ def load_processor(path: str | Path):
                 template = read_json(path / "chat_template.json").get("chat_template")
             else:
                 template = config.get("chat_template")
-            return without_video(cls)(image_processor=AutoImageProcessor.from_pretrained(path, **kwargs),
-                                      tokenizer=AutoTokenizer.from_pretrained(path, **kwargs), chat_template=template)
+            built = without_video(cls)
+            # The processor's own settings (SmolVLM's `image_seq_len`), as `from_pretrained` would pass them.
+            accepted = set(inspect.signature(built.__init__).parameters) - {"self", "image_processor", "tokenizer",
+                                                                             "chat_template", "kwargs"}
+            settings = {k: v for k, v in config.items() if k in accepted}
+            return built(image_processor=AutoImageProcessor.from_pretrained(path, **kwargs),
+                         tokenizer=AutoTokenizer.from_pretrained(path, **kwargs), chat_template=template, **settings)
         except (InputError, KeyError, AttributeError, TypeError, ValueError, OSError, StopIteration):
             raise first from None
 
