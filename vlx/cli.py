@@ -159,7 +159,7 @@ def train_base_cmd(
 @app.command("finetune")
 def finetune_cmd(
     schema: Annotated[Path, typer.Option(help="Python file defining the pydantic schema (templates/poi.py); it is executed, so give only files you would run.")],
-    base: Annotated[Path, typer.Option(help="Base model: a `vlx train-base` run, a llava-hf LLaVA-1.5 or LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Idefics3 or SmolVLM checkpoint directory, or a hub id (docs/models.md).")],
+    base: Annotated[Path, typer.Option(help="Base model: a `vlx train-base` run, a llava-hf LLaVA-1.5 or LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Idefics3 or SmolVLM checkpoint directory, or a hub id (docs/models.md).")],
     data: Annotated[str, typer.Option(help="JSONL rows {\"image\", \"target\", [\"prompt\"]}.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
     schema_class: Annotated[Optional[str], typer.Option(help="Class in --schema when it defines several roots.")] = None,
@@ -175,7 +175,7 @@ def finetune_cmd(
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack each micro-batch without padding (same loss and per-source losses; needs SDPA, eager or flash attention).")] = None,
     spell_fields: Annotated[Optional[str], typer.Option(help="Comma-separated JSON keys whose string values are trained one character per token (e.g. name,street).")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Train on valid rows; write the invalid ones to rejected.jsonl.")] = False,
-    min_pixels: Annotated[Optional[int], typer.Option(help="Pixel budget, lower end (Qwen2/2.5-VL: image tokens = area / 784; Qwen3-VL: area / 1024); kept in the run for eval, extract and export.")] = None,
+    min_pixels: Annotated[Optional[int], typer.Option(help="Pixel budget, lower end (Qwen2/2.5-VL: image tokens = area / 784; Qwen3-VL, Qwen3.5: area / 1024); kept in the run for eval, extract and export.")] = None,
     max_pixels: Annotated[Optional[int], typer.Option(help="Pixel budget, upper end (e.g. 401408 = 512 tokens); kept in the run for eval, extract and export.")] = None,
     lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (LLaVA: 128).")] = None,
     lora_alpha: Annotated[Optional[int], typer.Option(help="LoRA alpha (LLaVA: 256).")] = None,

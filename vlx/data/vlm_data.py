@@ -98,20 +98,48 @@ def end_of_turn_id(processor) -> int:
 
 def _segments(processor, turns: list[Turn]) -> list[tuple[str, str, str]]:
     """-> per turn (prompt text, answer, end-of-turn text), concatenating to the template's whole rendering.
-    The answer includes the template's lead (`answer_lead`), which the model learns to write."""
+    The answer includes the template's lead (`answer_lead`), which the model learns to write.
+
+    A template may render a past turn unlike the generation it was (Qwen3 / Qwen3.5 drop the empty
+    thinking block from answers before the last question); the turns are then read off the whole
+    conversation's rendering: the last answer after the generation prompt, as the model writes it at
+    inference, each earlier one where the history shows it, each closed by the template's end of turn.
+    """
     out, done = [], ""
     lead = answer_lead(processor)
     for k, t in enumerate(turns):
         prompt = render_prompt(processor, turns[:k] + [Turn(t.user, None)])
         full = processor.apply_chat_template(messages(turns[: k + 1]), tokenize=False)
         answer = lead + t.assistant
-        if not prompt.startswith(done) or not full.startswith(prompt + answer):
+        if not full.startswith(prompt + answer):
             raise SampleError(
-                "the checkpoint's chat template does not render this conversation as its generation prompt "
-                "followed by the answer (it rewrites earlier turns or the answer), so the answer cannot be "
-                "located for supervision; give single-turn rows or a template that renders history unchanged")
+                "the checkpoint's chat template does not render its generation prompt followed by the answer "
+                f"({full[len(prompt):][:40]!r} after the prompt), so the answer cannot be located for supervision; "
+                "give a checkpoint whose template renders the answer as written")
+        if not prompt.startswith(done):
+            return _segments_from_history(processor, turns, lead)
         out.append((prompt[len(done):], answer, full[len(prompt) + len(answer):]))
         done = full
+    return out
+
+
+def _segments_from_history(processor, turns: list[Turn], lead: str) -> list[tuple[str, str, str]]:
+    """`_segments` for a template that rewrites past turns: each earlier answer located in the last prompt."""
+    last = turns[-1]
+    prompt = render_prompt(processor, turns[:-1] + [Turn(last.user, None)])
+    full = processor.apply_chat_template(messages(turns), tokenize=False)
+    ending = full[len(prompt) + len(lead + last.assistant):]  # what closes an answer: `<|im_end|>\n`
+    out, cursor = [], 0
+    for k, t in enumerate(turns[:-1]):
+        at = prompt.find(t.assistant, cursor)
+        end = at + len(t.assistant)
+        if at < 0 or not prompt.startswith(ending, end):
+            raise SampleError(
+                f"the checkpoint's chat template renders turn {k + 1}'s answer in the history other than as written "
+                f"and closed by {ending!r}, so it cannot be located for supervision; give single-turn rows")
+        out.append((prompt[cursor:at], t.assistant, ending))
+        cursor = end + len(ending)
+    out.append((prompt[cursor:], lead + last.assistant, ending))
     return out
 
 

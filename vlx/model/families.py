@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from vlx.model.build import ModelLoadError
 
 _LM_LAYERS = r"\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$"
+# Qwen3.5's linear-attention (Gated DeltaNet) layers: their input and output projections beside the above.
+_LINEAR_ATTN = r"\.layers\.\d+\.linear_attn\.(in_proj_qkv|in_proj_z|out_proj)$"
 
 
 class FamilyError(ModelLoadError):
@@ -63,8 +65,8 @@ class Family:
     """What is missing, for the one-line refusal."""
 
 
-def _pattern(*lm_paths: str) -> str:
-    return r"^(" + "|".join(re.escape(p) for p in lm_paths) + r")" + _LM_LAYERS
+def _pattern(*lm_paths: str, layers: str = _LM_LAYERS) -> str:
+    return r"^(" + "|".join(re.escape(p) for p in lm_paths) + r")" + layers
 
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
@@ -83,7 +85,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            _pattern("model.language_model"), finetune=True, extract=True, inputs="processor", pixel_budget=True,
            packing=True, mrope=True),
     Family("qwen3_5", "model.language_model", "model.visual.merger", "model.visual",
-           _pattern("model.language_model"), note="not yet"),
+           _pattern("model.language_model", layers=f"({_LM_LAYERS}|{_LINEAR_ATTN})"), finetune=True, extract=True,
+           inputs="processor", pixel_budget=True, mrope=True,
+           note="its linear-attention layers carry their state from one packed sample into the next"),
     Family("idefics3", "model.text_model", "model.connector", "model.vision_model",
            _pattern("model.text_model"), finetune=True, extract=True, inputs="processor", packing=True),
     Family("smolvlm", "model.text_model", "model.connector", "model.vision_model",

@@ -92,6 +92,18 @@ _QWEN_TURNS = (
 )
 QWEN_CHAT_TEMPLATE = "{% for message in messages %}" + _QWEN_SYSTEM + _QWEN_TURNS
 QWEN3_CHAT_TEMPLATE = "{% for message in messages %}" + _QWEN_TURNS
+# Qwen3.5's layout with thinking off: the generation prompt ends in an empty thinking block, which
+# answers after the last question keep and earlier answers drop (the template rewrites history).
+QWEN3_5_CHAT_TEMPLATE = (
+    "{% set ns = namespace(last=0) %}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' and loop.index0 > ns.last %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>\n\n</think>\n\n' }}{% endif %}"
+)
 
 
 def tiny_qwen2_vl(path, *, seed: int = 0, model_type: str = "qwen2_vl"):
@@ -125,7 +137,8 @@ def save_qwen2_vl(path, tokenizer, *, text: dict, vision: dict, model_type: str 
 
     names = {"qwen2_vl": ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
              "qwen2_5_vl": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
-             "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor")}
+             "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+             "qwen3_5": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor")}
     if model_type not in names:
         raise ValueError(f"model_type {model_type!r}: use one of {', '.join(names)}")
     config_cls, model_cls, processor_cls = (getattr(transformers, n) for n in names[model_type])
@@ -139,7 +152,7 @@ def save_qwen2_vl(path, tokenizer, *, text: dict, vision: dict, model_type: str 
     mrope = text.pop("mrope_section")
     v = dict(vision)
     mlp = v.pop("mlp")
-    patch = 16 if model_type == "qwen3_vl" else 14
+    patch = 16 if model_type in ("qwen3_vl", "qwen3_5") else 14
     v.update(patch_size=patch, spatial_merge_size=2, temporal_patch_size=2)
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope}
     if model_type == "qwen2_vl":
@@ -147,11 +160,19 @@ def save_qwen2_vl(path, tokenizer, *, text: dict, vision: dict, model_type: str 
     elif model_type == "qwen2_5_vl":  # a gated MLP, window attention but in the blocks listed as full, merger out to the LLM width
         v.update(intermediate_size=mlp, out_hidden_size=text["hidden_size"], window_size=56,
                  fullatt_block_indexes=[v["depth"] - 1])
-    else:  # Qwen3-VL: patch 16, learnt position embeddings on a square grid, deepstack mergers into the first LLM layers
+    elif model_type == "qwen3_vl":  # patch 16, learnt position embeddings on a square grid, deepstack mergers
         v.update(intermediate_size=mlp, out_hidden_size=text["hidden_size"], num_position_embeddings=64,
                  deepstack_visual_indexes=list(range(v["depth"] - 1)))
         text.setdefault("head_dim", text["hidden_size"] // text["num_attention_heads"])
         rope.update(mrope_interleaved=True)
+    else:  # Qwen3.5: Qwen3-VL's tower without deepstack; a language model of linear (Gated DeltaNet) and full
+        # attention layers, RoPE on a quarter of each head
+        v.update(intermediate_size=mlp, out_hidden_size=text["hidden_size"], num_position_embeddings=64)
+        head = text.setdefault("head_dim", 4 * 2 * sum(mrope))  # the 2 x sum(mrope) rotary dims are a quarter
+        text.update(layer_types=["linear_attention", "full_attention"] * (text["num_hidden_layers"] // 2),
+                    linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=head // 2,
+                    linear_value_head_dim=head // 2)
+        rope.update(mrope_interleaved=True, partial_rotary_factor=0.25)
     config = config_cls(
         text_config=dict(vocab_size=len(tokenizer), max_position_embeddings=4096, **text, rope_parameters=rope,
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
@@ -168,7 +189,7 @@ def save_qwen2_vl(path, tokenizer, *, text: dict, vision: dict, model_type: str 
     image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=patch)
     from vlx.model.vlm import without_video
 
-    template = QWEN3_CHAT_TEMPLATE if model_type == "qwen3_vl" else QWEN_CHAT_TEMPLATE
+    template = {"qwen3_vl": QWEN3_CHAT_TEMPLATE, "qwen3_5": QWEN3_5_CHAT_TEMPLATE}.get(model_type, QWEN_CHAT_TEMPLATE)
     processor = without_video(processor_cls)(image_processor=image_processor, tokenizer=tokenizer,
                                              chat_template=template)
     model.save_pretrained(path)
