@@ -82,8 +82,9 @@ def test_finetune_and_extract_on_a_llava_hf_checkpoint(llava_hf, tmp_path):
 
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
-PROCESSOR_FAMILIES = QWEN + ["llava_next", "idefics3", "smolvlm"]
-END_OF_TURN = {"llava_next": "</s>", "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>"}
+PROCESSOR_FAMILIES = QWEN + ["llava_next", "idefics3", "smolvlm", "gemma3"]
+END_OF_TURN = {"llava_next": "</s>", "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>",
+               "gemma3": "<end_of_turn>"}
 """The token that ends an answer in each family's template (Qwen's ChatML: `<|im_end|>`)."""
 ANSWER_LEAD = {"llava_next": " ", "idefics3": " ", "smolvlm": " "}
 """What a template writes between the prompt and the answer (LLaVA-NeXT: `[/INST] answer`), which the
@@ -95,11 +96,13 @@ def vlm(request, tmp_path_factory):
     """A tiny random checkpoint of a family whose samples go through its processor, saved as the hub lays
     one out: Qwen2-VL / Qwen2.5-VL / Qwen3-VL (their processors name a video processor), LLaVA-NeXT
     (anyres tiles), Idefics3 and SmolVLM (image splits and a global image)."""
-    from vlx.model.tiny import tiny_idefics3, tiny_llava_next, tiny_qwen2_vl
+    from vlx.model.tiny import tiny_gemma3, tiny_idefics3, tiny_llava_next, tiny_qwen2_vl
 
     path = tmp_path_factory.mktemp("vlm") / f"{request.param}-tiny"
     if request.param == "llava_next":
         return tiny_llava_next(path)
+    if request.param == "gemma3":
+        return tiny_gemma3(path)
     if request.param in ("idefics3", "smolvlm"):
         return tiny_idefics3(path, model_type=request.param)
     return tiny_qwen2_vl(path, model_type=request.param)
@@ -166,7 +169,10 @@ def test_processor_samples_supervise_the_answer_and_its_end_of_turn_only(vlm, tm
     prompt = vlx.api.Extractor(model, processor, template=None).prompt("<image>\nRead the sign.")
     image_id = model.config.image_token_id
     counts = [e.input_ids.count(image_id) for e in examples[:3]]
-    assert len(set(counts)) == 3 and all(counts)  # the processor expanded each image to its own size
+    if family == "gemma3":  # a fixed number per image (mm_tokens_per_image)
+        assert counts == [model.config.mm_tokens_per_image] * 3
+    else:
+        assert len(set(counts)) == 3 and all(counts)  # the processor expanded each image to its own size
     for e in examples[:3]:
         supervised = [x for x in e.labels if x != IGNORE_INDEX]
         assert tok.decode(supervised) == lead + answer + end
@@ -222,7 +228,8 @@ def test_finetune_extract_export_through_the_checkpoints_processor(vlm, tmp_path
         assert {k: v for k, v in dict(extractor.processor.image_processor.size).items() if v is not None} == budget
     adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     connectors = connector_modules(AutoModelForImageTextToText.from_pretrained(vlm), family)
-    assert connectors == {"llava_next": ["multi_modal_projector"], "qwen3_vl": ["merger", "deepstack_merger_list.0"],
+    assert connectors == {"llava_next": ["multi_modal_projector"], "gemma3": ["multi_modal_projector"],
+                          "qwen3_vl": ["merger", "deepstack_merger_list.0"],
                           "idefics3": ["connector"], "smolvlm": ["connector"]}.get(
         family.model_type, ["merger"])
     assert any("lora_" in k for k in adapter)
@@ -330,11 +337,11 @@ def test_unsupported_families_are_refused_in_one_line(tmp_path):
     assert result.exit_code == 2
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
     assert "vlx cannot fine-tune with 'instructblip' checkpoints yet" in line and \
-        "it can with: llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, idefics3, smolvlm" in line
-    (tmp_path / "gemma").mkdir()
-    (tmp_path / "gemma" / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
-    result = runner.invoke(app, ["extract", "--model", str(tmp_path / "gemma"), "--schema", str(POI), "x.png"])
-    assert result.exit_code == 2 and "vlx cannot extract with 'gemma3' checkpoints yet" in result.stderr
+        "it can with: llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, idefics3, smolvlm, gemma3" in line
+    (tmp_path / "pali").mkdir()
+    (tmp_path / "pali" / "config.json").write_text(json.dumps({"model_type": "paligemma"}))
+    result = runner.invoke(app, ["extract", "--model", str(tmp_path / "pali"), "--schema", str(POI), "x.png"])
+    assert result.exit_code == 2 and "vlx cannot extract with 'paligemma' checkpoints yet" in result.stderr
     with pytest.raises(FamilyError, match="'fancy_vlm' checkpoints"):
         family_of("fancy_vlm", use="extract")
 
@@ -387,7 +394,9 @@ def test_data_validate_with_a_processor_base_counts_its_image_tokens(vlm, tmp_pa
     # 150 x 90 unpads to 4 of those 8 rows (32 + 4 newlines) = 52. Idefics3/SmolVLM: resized to 96 px on the
     # long side, split into 32 px tiles plus the global image, 4 tokens each: squares 9 + 1 -> 40, 150 x 90
     # 3 x 2 + 1 -> 28.
-    expected = {"qwen3_vl": "4-9", "qwen3_5": "4-9", "llava_next": "52-88", "idefics3": "28-40", "smolvlm": "28-40"}.get(
+    # Gemma 3: 4 for every image (mm_tokens_per_image).
+    expected = {"qwen3_vl": "4-9", "qwen3_5": "4-9", "llava_next": "52-88", "idefics3": "28-40", "smolvlm": "28-40",
+                "gemma3": "4-4"}.get(
         family_of_checkpoint(vlm).model_type, "4-16")
     assert "template the checkpoint's own" in line and f"image tokens per image {expected}" in line
     long = [{"id": "long", "image": "s0.png", "conversations": [

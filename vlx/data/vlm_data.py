@@ -218,8 +218,11 @@ class VlmDataset(LlavaDataset):
             img = open_image(ex.image, origin=ex.origin)
             enc = self.processor(text=[ex.image_text], images=[img], add_special_tokens=False, return_tensors="pt")
             item["image_inputs"] = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
-            if "mm_token_type_ids" in enc:  # Qwen's multimodal RoPE finds the image by them
-                item["token_inputs"] = {"mm_token_type_ids": self.processor.create_mm_token_type_ids([ex.input_ids])[0]}
+            # Per-token modality ids: Qwen's multimodal RoPE finds the image by them (`mm_token_type_ids`), Gemma 3
+            # attends bidirectionally within it (`token_type_ids`).
+            for key in ("mm_token_type_ids", "token_type_ids"):
+                if key in enc:
+                    item["token_inputs"] = {key: self.processor.create_mm_token_type_ids([ex.input_ids])[0]}
         return item
 
 

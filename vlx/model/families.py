@@ -97,7 +97,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("blip-2", "language_model", "language_projection", "vision_model",
            _pattern("language_model.model", "language_model"), note="not yet"),
     Family("gemma3", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
-           _pattern("model.language_model"), note="bidirectional image attention: not yet"),
+           _pattern("model.language_model"), finetune=True, extract=True, inputs="processor",
+           note="its image tokens attend to each other both ways, which packed rows would need a block mask for"),
     Family("paligemma", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
            _pattern("model.language_model"), note="prefix/suffix labels: not yet"),
 )}

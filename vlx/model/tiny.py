@@ -298,3 +298,52 @@ def tiny_idefics3(path, *, seed: int = 0, model_type: str = "idefics3"):
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# ---- a tiny Gemma 3, laid out as the hub ships gemma-3-4b-it -----------------------------------------
+
+# Gemma 3's chat layout: `<bos><start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n`, the image as
+# `<start_of_image>` (which the processor expands), the assistant's role written `model`.
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<start_of_image>' }}{% elif part['type'] == 'text' %}{{ part['text'] | trim }}"
+    "{% endif %}{% endfor %}{% endif %}{{ '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+def tiny_gemma3(path, *, seed: int = 0):
+    """Save a random Gemma 3: a 32 px SigLIP tower (4 x 4 patches, pooled to 4 image tokens), a 2-layer Gemma 3
+    text model (one sliding-window layer, one global), and gemma-3-it's chat layout."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    extra = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    base = tiny_tokenizer()
+    base.add_special_tokens({"additional_special_tokens": [*extra.values(), "<start_of_turn>", "<end_of_turn>"]})
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", pad_token="<pad>", model_max_length=2048,
+                                        extra_special_tokens=extra)
+    ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in extra.items()}
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"], max_position_embeddings=2048,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8, vision_use_head=False)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, boi_token_index=ids["boi_token"],
+                          eoi_token_index=ids["eoi_token"], image_token_index=ids["image_token"])
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Gemma3ForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<end_of_turn>"), tokenizer.eos_token_id]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
+                                tokenizer=tokenizer, image_seq_length=4, chat_template=GEMMA3_TEMPLATE)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
