@@ -57,3 +57,25 @@ def test_no_timer_lines_once_the_count_is_reached():
     bar.update(3)
     time.sleep(0.4)
     assert len(out.getvalue().splitlines()) <= 2  # the start line, at most one progress line
+
+
+def test_an_abandoned_phase_stops_ticking_and_a_closed_stream_ends_the_timer():
+    import gc
+    import threading
+    import time
+
+    def timers():
+        return sum("_tick" in t.name for t in threading.enumerate())
+
+    time.sleep(0.2)  # timers of the phases above, which finished, have ended
+    before = timers()
+    out = io.StringIO()
+    Progress("abandoned", 5, every=0.1, stream=out)  # its work raised: never updated, never done()
+    gc.collect()
+    time.sleep(0.3)
+    assert out.getvalue().splitlines() == ["abandoned: started (5 steps)"]
+    closed = io.StringIO()
+    bar = Progress("closed", 5, every=0.1, stream=closed)
+    closed.close()  # e.g. a test runner's captured stream, torn down
+    time.sleep(0.3)
+    assert timers() == before and bar.count == 0  # both timers have ended

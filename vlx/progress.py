@@ -17,6 +17,21 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import weakref
+
+
+def _tick(ref, stop: threading.Event, period: float) -> None:
+    while not stop.wait(period):
+        bar = ref()
+        if bar is None:
+            return
+        if time.perf_counter() - bar.last >= bar.every:
+            bar.last = time.perf_counter()
+            try:
+                bar._print(bar.line(bar.info))
+            except (ValueError, OSError):  # the stream was closed under it
+                return
+        del bar
 
 
 def _clock(seconds: float) -> str:
@@ -37,15 +52,12 @@ class Progress:
         self._print(f"{description}: started ({self.total} {'steps' if start == 0 else f'steps, resuming at {start}'})")
         # A step can outlast `every` (a long optimizer step, a slow batch of decoding): a timer keeps
         # the lines coming between updates.
+        # The timer holds the phase weakly: a phase abandoned without `done()` (its work raised) stops
+        # ticking once it is gone, and a closed stream ends it too.
         self._stop = threading.Event()
         if 0 < every < float("inf"):
-            threading.Thread(target=self._tick, daemon=True).start()
-
-    def _tick(self) -> None:
-        while not self._stop.wait(max(0.05, min(self.every, 5.0))):
-            if time.perf_counter() - self.last >= self.every:
-                self.last = time.perf_counter()
-                self._print(self.line(self.info))
+            threading.Thread(target=_tick, args=(weakref.ref(self), self._stop, max(0.05, min(every, 5.0))),
+                             daemon=True).start()
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
