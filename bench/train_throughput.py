@@ -28,6 +28,8 @@ its own) from the same saved initial weights:
     `{% generation %}` marks so the same answers and `<|im_end|>` are supervised;
   - `vlx-qwen-lora`: as `vlx finetune` runs a Qwen checkpoint (processor-side samples, supervised-only logits);
   - `vlx-qwen-lora+packing`: the same with `--packing` (4-row mRoPE position ids);
+  - `--qwen-images mixed`: the same rows with their images resized to photo-like sizes and aspect ratios
+    (64-300 image tokens each), as dynamic resolution hands a Qwen fine-tune real photos;
 - stage 1 (alignment: only the projector trains) over several epochs, with and without the feature
   cache (and with cache and packing); throughput is taken from the second epoch on.
 
@@ -63,6 +65,10 @@ LORA = dict(r=64, alpha=128, dropout=0.05)  # the demo's LoRA for the 135M smol 
 STAGE1 = ("stage1", "stage1+cache", "stage1+packing+cache")
 QWEN = ("trl-qwen-lora", "vlx-qwen-lora", "vlx-qwen-lora+packing")
 QWEN_PIXELS = 448 * 448  # 32 x 32 patches, merged 2 x 2: 256 image tokens, as many as the smol LLaVA's
+# `--qwen-images mixed`: the street scenes resized to photo-like sizes and aspect ratios, as a Qwen fine-tune
+# sees them under dynamic resolution: 64 to 300 image tokens (28 px each), mean about 200.
+QWEN_MIXED_SIZES = [(224, 224), (448, 448), (672, 336), (336, 672), (560, 420), (280, 280), (420, 560), (392, 308)]
+QWEN_MIXED_PIXELS = (224 * 224, 672 * 336)
 
 
 # --- shared setup (parent process) -------------------------------------------------------------
@@ -84,11 +90,12 @@ def make_model(work: Path, quick: bool) -> Path:
     return init
 
 
-def make_qwen_model(work: Path, quick: bool) -> Path:
-    """A random Qwen2-VL of SmolLM2-135M's text shape around its tokenizer (tiny with `--quick`), saved once."""
+def make_qwen_model(work: Path, quick: bool, images: str = "fixed") -> Path:
+    """A random Qwen2-VL of SmolLM2-135M's text shape around its tokenizer (tiny with `--quick`), saved once;
+    its pixel budget admits `images` (`fixed`: 448 x 448 only; `mixed`: QWEN_MIXED_SIZES)."""
     from vlx.model.tiny import save_qwen2_vl, tiny_qwen2_vl
 
-    path = work / "init-qwen"
+    path = work / ("init-qwen" if images == "fixed" else f"init-qwen-{images}")
     if (path / "config.json").exists():
         return path
     if quick:
@@ -98,7 +105,8 @@ def make_qwen_model(work: Path, quick: bool) -> Path:
     from vlx.model import smol
 
     tokenizer = AutoTokenizer.from_pretrained(smol.llm_dir())
-    return save_qwen2_vl(path, tokenizer, min_pixels=QWEN_PIXELS, max_pixels=QWEN_PIXELS,
+    low, high = (QWEN_PIXELS, QWEN_PIXELS) if images == "fixed" else QWEN_MIXED_PIXELS
+    return save_qwen2_vl(path, tokenizer, min_pixels=low, max_pixels=high,
                          text=dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                                    num_key_value_heads=3, mrope_section=[16, 8, 8]),
                          vision=dict(depth=4, hidden_size=256, num_heads=4, mlp=1024))
@@ -139,6 +147,25 @@ def make_data(work: Path, samples: int, image_size: int) -> dict[str, Path]:
         synth("poi", work / "poi", samples, seed=0, image_size=224, splits=(1.0, 0.0, 0.0))
     out["poi"] = work / "poi" / "train.jsonl"
     return out
+
+
+def mixed_size_rows(poi: Path, out: Path) -> Path:
+    """The POI rows with each image resized to the next of QWEN_MIXED_SIZES (written once under `out`)."""
+    from PIL import Image
+
+    rows_path = out / "train.jsonl"
+    if rows_path.exists():
+        return rows_path
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, line in enumerate(poi.read_text().splitlines()):
+        row = json.loads(line)
+        name = f"images/{i:05d}.png"
+        Image.open(poi.parent / row["image"]).convert("RGB").resize(QWEN_MIXED_SIZES[i % len(QWEN_MIXED_SIZES)],
+                                                                     Image.BICUBIC).save(out / name)
+        lines.append(json.dumps({**row, "image": name}))
+    rows_path.write_text("".join(line + "\n" for line in lines))
+    return rows_path
 
 
 def extraction_rows(path: Path):
@@ -392,7 +419,7 @@ def run_qwen(name: str, args) -> dict:
     clock = Clock()
     pad = processor.tokenizer.pad_token_id
     out_dir = Path(args.work) / "out" / name
-    rows = extraction_rows(Path(args.poi))
+    rows = extraction_rows(Path(args.poi) if args.qwen_images == "fixed" else Path(args.work) / "poi-mixed" / "train.jsonl")
     if name == "trl-qwen-lora":
         from datasets import Dataset
         from peft import LoraConfig as PeftLoraConfig
@@ -465,6 +492,9 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=336, help="synthetic image side (LLaVA's data: 336 and up)")
     p.add_argument("--only", default=",".join(STAGE2 + FINETUNE + STAGE1 + QWEN), help="comma-separated subset of the runs")
     p.add_argument("--precision", default="auto", help="auto (what vlx picks on this CPU), bf16 or fp32, for every contender")
+    p.add_argument("--qwen-images", choices=("fixed", "mixed"), default="fixed",
+                   help="Qwen contenders' images: all 448 x 448 (256 tokens each), or photo-like sizes and aspect "
+                        "ratios (64-300 tokens) as dynamic resolution gives them")
     p.add_argument("--work", help="working directory (default: a temporary one)")
     p.add_argument("--json", help="write all results here")
     p.add_argument("--one", help=argparse.SUPPRESS)
@@ -486,7 +516,9 @@ def main(argv=None) -> int:
     data = make_data(work, args.samples, args.image_size)
     names = args.only.split(",")
     init = make_model(work, args.quick)
-    init_qwen = make_qwen_model(work, args.quick) if any(n in QWEN for n in names) else init
+    init_qwen = make_qwen_model(work, args.quick, args.qwen_images) if any(n in QWEN for n in names) else init
+    if args.qwen_images == "mixed":
+        mixed_size_rows(data["poi"], work / "poi-mixed")
     from vlx.model.build import resolve
     from vlx.config import ModelConfig
 
@@ -500,7 +532,7 @@ def main(argv=None) -> int:
                "--captions", str(data["captions"]), "--instruct", str(data["instruct"]), "--poi", str(data["poi"]),
                "--steps", str(args.steps), "--global-batch", str(args.global_batch),
                "--micro-batch", str(args.micro_batch), "--stage1-epochs", str(args.stage1_epochs),
-               "--precision", args.precision]
+               "--precision", args.precision, "--qwen-images", args.qwen_images]
         t = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
