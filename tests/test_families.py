@@ -173,10 +173,16 @@ def test_processor_samples_supervise_the_answer_and_its_end_of_turn_only(vlm, tm
         assert counts == [model.config.mm_tokens_per_image] * 3
     else:
         assert len(set(counts)) == 3 and all(counts)  # the processor expanded each image to its own size
-    for e in examples[:3]:
+    from vlx.decode.generate import encode_batch
+
+    for i, e in enumerate(examples[:3]):
         supervised = [x for x in e.labels if x != IGNORE_INDEX]
         assert tok.decode(supervised) == lead + answer + end
-        assert e.image_text == prompt  # exactly what `vlx extract` prompts with
+        assert e.image_text == prompt  # exactly what `vlx extract` prompts with, tokenized as it does
+        served = encode_batch(processor, [prompt], [Image.open(tmp_path / f"s{i}.png")], "cpu", torch.float32)
+        assert e.input_ids[: served["input_ids"].shape[1]] == served["input_ids"][0].tolist()
+        assert e.labels[served["input_ids"].shape[1]] != IGNORE_INDEX  # the answer starts right after it
+        assert tok.bos_token_id is None or served["input_ids"][0].tolist().count(tok.bos_token_id) <= 1  # never doubled
     assert tok.decode([x for x in examples[3].labels if x != IGNORE_INDEX]) == f"{lead}Hello!{end}{lead}Goodbye.{end}"
     # The grammar `vlx extract` decodes with takes the answer and its end-of-turn token for token.
     decoder = ConstrainedDecoder(model, processor, Schema, template=None)

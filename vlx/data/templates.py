@@ -157,6 +157,17 @@ def _special_prefix(tokenizer) -> list[int]:
     return with_special[: len(with_special) - len(without)] if with_special[-len(without):] == without else []
 
 
+def adds_special_tokens(tokenizer, texts) -> bool:
+    """Whether a prompt's first text is tokenized with the tokenizer's special prefix (its BOS): yes, as
+    `processor(text=prompt)` does, unless the chat template already wrote it (Gemma 3's `{{ bos_token }}`,
+    Idefics3's), which would double it."""
+    prefix = _special_prefix(tokenizer)
+    if not prefix:
+        return True
+    written = tokenizer.decode(prefix)
+    return not all(t.startswith(written) for t in texts)
+
+
 def encode_continuation(tokenizer, text: str, anchor: str = ":", *, split_special: bool = False) -> list[int]:
     """Token ids of `text` as they appear right after earlier text (no dummy prefix, no BOS).
 

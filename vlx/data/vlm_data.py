@@ -23,7 +23,7 @@ from typing import Any
 
 from vlx.data.dataset import LlavaDataset, check_image, open_image, row_turns
 from vlx.data.formats import Problem, Row
-from vlx.data.templates import IGNORE_INDEX, SampleError, Turn, encode_continuation, encode_spelled
+from vlx.data.templates import IGNORE_INDEX, SampleError, Turn, adds_special_tokens, encode_continuation, encode_spelled
 from vlx.model.llava import IMAGE_TOKEN
 
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
@@ -158,13 +158,15 @@ def encode_vlm(processor, turns: list[Turn], image, spell: tuple[str, ...] = ())
     """(input_ids, labels, image segment) of one conversation, the image placeholder expanded by the processor."""
     tokenizer = processor.tokenizer
     input_ids, labels, image_text = [], [], None
-    for prompt, answer, ending in _segments(processor, turns):
+    for k, (prompt, answer, ending) in enumerate(_segments(processor, turns)):
+        # The first text with the tokenizer's BOS where `vlx extract` has it (`adds_special_tokens`).
+        special = k == 0 and adds_special_tokens(tokenizer, [prompt])
         if image is not None and image_text is None and _holds_image(processor, prompt):
             image_text = prompt
-            ids = processor(text=[prompt], images=[image], add_special_tokens=False)["input_ids"][0]
+            ids = processor(text=[prompt], images=[image], add_special_tokens=special)["input_ids"][0]
             ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         else:
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(prompt, add_special_tokens=special)["input_ids"]
         answer_ids = (encode_spelled(tokenizer, answer, spell) if spell else
                       encode_continuation(tokenizer, answer, split_special=True))
         end_ids, end_labels = _end_of_turn(tokenizer, ending)

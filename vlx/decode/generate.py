@@ -52,8 +52,11 @@ def encode_batch(processor, prompts: Sequence[str], images: Sequence[Image.Image
     # Images nested per prompt (an empty list for a text-only one): Idefics3 and SmolVLM require it, the
     # other families' processors flatten it.
     nested = [[im] if im is not None else [] for im in images] if any(im is not None for im in images) else None
+    from vlx.data.templates import adds_special_tokens
+
     with _left_padding(processor.tokenizer):
-        enc = processor(text=list(prompts), images=nested, return_tensors="pt", padding=True)
+        enc = processor(text=list(prompts), images=nested, return_tensors="pt", padding=True,
+                        add_special_tokens=adds_special_tokens(processor.tokenizer, prompts))
     enc = enc.to(device)
     if "pixel_values" in enc:
         # (n_images, 3, H, W) in the model's dtype; images appear in the order of their placeholders.
