@@ -82,11 +82,11 @@ def test_finetune_and_extract_on_a_llava_hf_checkpoint(llava_hf, tmp_path):
 
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
-PROCESSOR_FAMILIES = QWEN + ["llava_next", "idefics3", "smolvlm", "gemma3"]
+PROCESSOR_FAMILIES = QWEN + ["llava_next", "idefics3", "smolvlm", "gemma3", "instructblip"]
 END_OF_TURN = {"llava_next": "</s>", "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>",
-               "gemma3": "<end_of_turn>"}
+               "gemma3": "<end_of_turn>", "instructblip": "</s>"}
 """The token that ends an answer in each family's template (Qwen's ChatML: `<|im_end|>`)."""
-ANSWER_LEAD = {"llava_next": " ", "idefics3": " ", "smolvlm": " "}
+ANSWER_LEAD = {"llava_next": " ", "idefics3": " ", "smolvlm": " ", "instructblip": " "}
 """What a template writes between the prompt and the answer (LLaVA-NeXT: `[/INST] answer`), which the
 answer's first token carries, as a model generating after the prompt would write it."""
 
@@ -96,13 +96,15 @@ def vlm(request, tmp_path_factory):
     """A tiny random checkpoint of a family whose samples go through its processor, saved as the hub lays
     one out: Qwen2-VL / Qwen2.5-VL / Qwen3-VL (their processors name a video processor), LLaVA-NeXT
     (anyres tiles), Idefics3 and SmolVLM (image splits and a global image)."""
-    from vlx.model.tiny import tiny_gemma3, tiny_idefics3, tiny_llava_next, tiny_qwen2_vl
+    from vlx.model.tiny import tiny_gemma3, tiny_idefics3, tiny_instructblip, tiny_llava_next, tiny_qwen2_vl
 
     path = tmp_path_factory.mktemp("vlm") / f"{request.param}-tiny"
     if request.param == "llava_next":
         return tiny_llava_next(path)
     if request.param == "gemma3":
         return tiny_gemma3(path)
+    if request.param == "instructblip":
+        return tiny_instructblip(path)
     if request.param in ("idefics3", "smolvlm"):
         return tiny_idefics3(path, model_type=request.param)
     return tiny_qwen2_vl(path, model_type=request.param)
@@ -164,13 +166,16 @@ def test_processor_samples_supervise_the_answer_and_its_end_of_turn_only(vlm, tm
         {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
         {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Goodbye."}]))
     examples, problems = prepare_vlm(rows, processor, max_length=4096)
-    assert not problems
+    if family == "instructblip":  # every row needs an image: the text-only chat row is refused, named
+        assert [p.origin for p in problems] == ["chat"] and "give this row an image" in problems[0].message
+    else:
+        assert not problems
     tok = processor.tokenizer
     prompt = vlx.api.Extractor(model, processor, template=None).prompt("<image>\nRead the sign.")
     image_id = model.config.image_token_id
     counts = [e.input_ids.count(image_id) for e in examples[:3]]
-    if family == "gemma3":  # a fixed number per image (mm_tokens_per_image)
-        assert counts == [model.config.mm_tokens_per_image] * 3
+    if family in ("gemma3", "instructblip"):  # a fixed number per image (mm_tokens_per_image, num_query_tokens)
+        assert counts == [getattr(model.config, "mm_tokens_per_image", None) or model.config.num_query_tokens] * 3
     else:
         assert len(set(counts)) == 3 and all(counts)  # the processor expanded each image to its own size
     from vlx.decode.generate import encode_batch
@@ -183,7 +188,8 @@ def test_processor_samples_supervise_the_answer_and_its_end_of_turn_only(vlm, tm
         assert e.input_ids[: served["input_ids"].shape[1]] == served["input_ids"][0].tolist()
         assert e.labels[served["input_ids"].shape[1]] != IGNORE_INDEX  # the answer starts right after it
         assert tok.bos_token_id is None or served["input_ids"][0].tolist().count(tok.bos_token_id) <= 1  # never doubled
-    assert tok.decode([x for x in examples[3].labels if x != IGNORE_INDEX]) == f"{lead}Hello!{end}{lead}Goodbye.{end}"
+    if family != "instructblip":
+        assert tok.decode([x for x in examples[3].labels if x != IGNORE_INDEX]) == f"{lead}Hello!{end}{lead}Goodbye.{end}"
     # The grammar `vlx extract` decodes with takes the answer and its end-of-turn token for token.
     decoder = ConstrainedDecoder(model, processor, Schema, template=None)
     from vlx.decode.processor import GrammarLogitsProcessor
@@ -195,11 +201,11 @@ def test_processor_samples_supervise_the_answer_and_its_end_of_turn_only(vlm, tm
         seen = torch.cat([seen, torch.tensor([[token]])], dim=1)
     # A padded batch gives every row the logits it has alone.
     dataset = VlmDataset(examples, processor)
-    batch = Collator(tok.pad_token_id)([dataset[i] for i in range(4)])
+    batch = Collator(tok.pad_token_id)([dataset[i] for i in range(len(examples))])
     labels = batch.pop("labels")
     with torch.no_grad():
         together = model(**batch).logits
-        for i in range(4):
+        for i in range(len(examples)):
             alone = Collator(tok.pad_token_id)([dataset[i]])
             alone.pop("labels")
             n = len(examples[i].input_ids)
@@ -236,7 +242,8 @@ def test_finetune_extract_export_through_the_checkpoints_processor(vlm, tmp_path
     connectors = connector_modules(AutoModelForImageTextToText.from_pretrained(vlm), family)
     assert connectors == {"llava_next": ["multi_modal_projector"], "gemma3": ["multi_modal_projector"],
                           "qwen3_vl": ["merger", "deepstack_merger_list.0"],
-                          "idefics3": ["connector"], "smolvlm": ["connector"]}.get(
+                          "idefics3": ["connector"], "smolvlm": ["connector"],
+                          "instructblip": ["qformer", "language_projection"]}.get(
         family.model_type, ["merger"])
     assert any("lora_" in k for k in adapter)
     for name in connectors:  # every connector (Qwen3-VL: the deepstack mergers too) trained and saved
@@ -298,8 +305,9 @@ def test_packing_gives_every_sample_the_logits_it_has_alone(vlm, tmp_path):
         Image.new("RGB", size, (60 * i, 100, 20)).save(tmp_path / f"{i}.png")
         rows.append(Row(origin=f"r{i}", image=str(tmp_path / f"{i}.png"), source="extraction",
                         conversations=[{"from": "human", "value": "<image>\nRead."}, {"from": "gpt", "value": f'{{"a":{i}}}'}]))
-    rows.append(Row(origin="chat", image=None, source="chat",
-                    conversations=[{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}]))
+    if family_of_checkpoint(vlm).model_type != "instructblip":  # which reads an image with every text
+        rows.append(Row(origin="chat", image=None, source="chat",
+                        conversations=[{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}]))
     examples, problems = prepare_vlm(rows, processor, max_length=4096)
     assert not problems
     items = [VlmDataset(examples, processor)[i] for i in range(len(examples))]
@@ -337,13 +345,13 @@ def test_packing_gives_every_sample_the_logits_it_has_alone(vlm, tmp_path):
 def test_unsupported_families_are_refused_in_one_line(tmp_path):
     (tmp_path / "rows.jsonl").write_text("{}\n")
     (tmp_path / "blip").mkdir()
-    (tmp_path / "blip" / "config.json").write_text(json.dumps({"model_type": "instructblip"}))
+    (tmp_path / "blip" / "config.json").write_text(json.dumps({"model_type": "blip-2"}))
     result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(tmp_path / "blip"), "--data",
                                  str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "ft")])
     assert result.exit_code == 2
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
-    assert "vlx cannot fine-tune with 'instructblip' checkpoints yet" in line and \
-        "it can with: llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, idefics3, smolvlm, gemma3" in line
+    assert "vlx cannot fine-tune with 'blip-2' checkpoints yet" in line and \
+        "it can with: llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, idefics3, smolvlm, instructblip, gemma3" in line
     (tmp_path / "pali").mkdir()
     (tmp_path / "pali" / "config.json").write_text(json.dumps({"model_type": "paligemma"}))
     result = runner.invoke(app, ["extract", "--model", str(tmp_path / "pali"), "--schema", str(POI), "x.png"])
@@ -400,9 +408,9 @@ def test_data_validate_with_a_processor_base_counts_its_image_tokens(vlm, tmp_pa
     # 150 x 90 unpads to 4 of those 8 rows (32 + 4 newlines) = 52. Idefics3/SmolVLM: resized to 96 px on the
     # long side, split into 32 px tiles plus the global image, 4 tokens each: squares 9 + 1 -> 40, 150 x 90
     # 3 x 2 + 1 -> 28.
-    # Gemma 3: 4 for every image (mm_tokens_per_image).
+    # Gemma 3 and InstructBLIP: 4 for every image (mm_tokens_per_image, num_query_tokens).
     expected = {"qwen3_vl": "4-9", "qwen3_5": "4-9", "llava_next": "52-88", "idefics3": "28-40", "smolvlm": "28-40",
-                "gemma3": "4-4"}.get(
+                "gemma3": "4-4", "instructblip": "4-4"}.get(
         family_of_checkpoint(vlm).model_type, "4-16")
     assert "template the checkpoint's own" in line and f"image tokens per image {expected}" in line
     long = [{"id": "long", "image": "s0.png", "conversations": [

@@ -177,7 +177,16 @@ def encode_vlm(processor, turns: list[Turn], image, spell: tuple[str, ...] = ())
     return input_ids, labels, image_text
 
 
+def image_in_text(processor) -> bool:
+    """Whether the prompt text carries the image's placeholder, which the processor expands (every family
+    but InstructBLIP and BLIP-2, whose processors put `num_query_tokens` image tokens before the text
+    themselves and take no placeholder)."""
+    return getattr(processor, "num_query_tokens", None) is None
+
+
 def _holds_image(processor, text: str) -> bool:
+    if not image_in_text(processor):
+        return True  # the first segment: the processor puts the image before it
     token = getattr(processor, "image_token", None)
     return bool(token) and token in text
 
@@ -189,6 +198,9 @@ def prepare_vlm(rows: list[Row], processor, *, max_length: int, check_images: bo
     for row in rows:
         try:
             turns = row_turns(row, "processor")
+            if row.image is None and not image_in_text(processor):
+                raise SampleError(f"{type(processor).__name__} checkpoints read an image with every text (their "
+                                  "Q-Former's queries come first); give this row an image or leave it out")
             image = None
             if row.image is not None:
                 msg = check_image(row.image, row.origin) if check_images else None
@@ -218,7 +230,9 @@ class VlmDataset(LlavaDataset):
         item = {"input_ids": ex.input_ids, "labels": ex.labels, "pixel_values": None, "source": ex.source}
         if ex.has_image:
             img = open_image(ex.image, origin=ex.origin)
-            enc = self.processor(text=[ex.image_text], images=[img], add_special_tokens=False, return_tensors="pt")
+            # As the row's ids were made: the Q-Former's own text (InstructBLIP) takes the special tokens too.
+            enc = self.processor(text=[ex.image_text], images=[img], return_tensors="pt",
+                                 add_special_tokens=adds_special_tokens(self.processor.tokenizer, [ex.image_text]))
             item["image_inputs"] = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
             # Per-token modality ids: Qwen's multimodal RoPE finds the image by them (`mm_token_type_ids`), Gemma 3
             # attends bidirectionally within it (`token_type_ids`).
@@ -228,4 +242,4 @@ class VlmDataset(LlavaDataset):
         return item
 
 
-__all__ = ["user_content", "messages", "render_prompt", "answer_lead", "end_of_turn_id", "encode_vlm", "prepare_vlm", "VlmExample", "VlmDataset"]
+__all__ = ["user_content", "messages", "render_prompt", "answer_lead", "end_of_turn_id", "image_in_text", "encode_vlm", "prepare_vlm", "VlmExample", "VlmDataset"]

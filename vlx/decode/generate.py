@@ -41,9 +41,16 @@ def _left_padding(tokenizer):
 
 def encode_batch(processor, prompts: Sequence[str], images: Sequence[Image.Image | None], device, dtype):
     """Left-padded model inputs for one batch; `images[i]` is None for a text-only prompt."""
+    from vlx.data.vlm_data import image_in_text
+
     placeholder = getattr(processor, "image_token", None) or IMAGE_TOKEN  # the family's (Qwen: <|image_pad|>)
+    if not image_in_text(processor):  # InstructBLIP / BLIP-2: the processor puts the image first itself
+        if any(image is None for image in images):
+            raise ValueError(f"{type(processor).__name__} checkpoints answer about an image: give one with every "
+                             "prompt (they cannot chat without one)")
+        placeholder = None
     for i, (prompt, image) in enumerate(zip(prompts, images)):
-        n = prompt.count(placeholder)
+        n = prompt.count(placeholder) if placeholder else int(image is not None)
         if n > 1 or (n == 1) != (image is not None):
             raise ValueError(
                 f"prompt {i} has {n} {placeholder} placeholder(s) but {'an' if image is not None else 'no'} image: "

@@ -61,8 +61,22 @@ class Family:
     pixel_budget: bool = False
     """The image processor resizes into a pixel range (`size` = {shortest_edge: min, longest_edge: max}
     pixels), which `--min-pixels` / `--max-pixels` set (Qwen2/2.5-VL)."""
+    chat_template: str = ""
+    """The chat template vlx gives checkpoints that ship none (InstructBLIP, BLIP-2: the instruction, then the
+    answer after a space, closed by EOS, as LAVIS trains them); it is saved with a fine-tune run's processor."""
     note: str = ""
     """What is missing, for the one-line refusal."""
+
+
+# InstructBLIP / BLIP-2 ship no chat template; their processors put the query tokens before the text
+# themselves. One instruction, the answer after a space, EOS (LAVIS's `text_input` + `text_output`).
+_PREFIX_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}{% endif %}"
+    "{% else %}{{ ' ' + (message['content'] if message['content'] is string else message['content'][0]['text'])"
+    " + eos_token }}{% endif %}{% endfor %}"
+)
 
 
 def _pattern(*lm_paths: str, layers: str = _LM_LAYERS) -> str:
@@ -92,8 +106,10 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            _pattern("model.text_model"), finetune=True, extract=True, inputs="processor", packing=True),
     Family("smolvlm", "model.text_model", "model.connector", "model.vision_model",
            _pattern("model.text_model"), finetune=True, extract=True, inputs="processor", packing=True),
-    Family("instructblip", "language_model", "language_projection", "vision_model",
-           _pattern("language_model.model", "language_model"), note="Q-Former inputs: not yet"),
+    Family("instructblip", "language_model", "qformer,language_projection", "vision_model",
+           _pattern("language_model.model", "language_model"), finetune=True, extract=True, inputs="processor",
+           chat_template=_PREFIX_TEMPLATE,
+           note="its Q-Former queries precede every row's text, so packed rows would need their own image per sample"),
     Family("blip-2", "language_model", "language_projection", "vision_model",
            _pattern("language_model.model", "language_model"), note="not yet"),
     Family("gemma3", "model.language_model", "model.multi_modal_projector", "model.vision_tower",

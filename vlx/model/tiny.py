@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
@@ -344,6 +344,56 @@ def tiny_gemma3(path, *, seed: int = 0):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
                                 tokenizer=tokenizer, image_seq_length=4, chat_template=GEMMA3_TEMPLATE)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+# ---- a tiny InstructBLIP, laid out as the hub ships Salesforce/instructblip-vicuna-7b ---------------------
+
+def _tiny_wordpiece() -> PreTrainedTokenizerFast:
+    """A BERT-style WordPiece tokenizer (the Q-Former's), trained on the built-in corpus."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(_corpus(), trainer=trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials,
+                                                                         show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+
+
+def tiny_instructblip(path, *, seed: int = 0):
+    """Save a random InstructBLIP: a 32 px ViT (4 x 4 patches), a 2-layer Q-Former with 4 query tokens that
+    reads the instruction too (its own WordPiece tokenizer), a 2-layer Llama. No chat template, as on the hub."""
+    import torch
+    from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration, InstructBlipProcessor
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.image_token = "<image>"
+    qformer_tokenizer = _tiny_wordpiece()
+    text = tiny_text_config(len(tokenizer)).to_dict()
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    qformer = dict(vocab_size=len(qformer_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=64, encoder_hidden_size=32, cross_attention_frequency=1,
+                   max_position_embeddings=512)
+    config = InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=4,
+                                image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = InstructBlipForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
+    processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                      qformer_tokenizer=qformer_tokenizer, num_query_tokens=4)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

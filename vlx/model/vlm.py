@@ -65,7 +65,26 @@ class _NoVideo:
 
 
 def load_processor(path: str | Path):
-    """`AutoProcessor.from_pretrained`, or the same processor without its video part (see the module doc)."""
+    """`AutoProcessor.from_pretrained`, or the same processor without its video part (see the module doc).
+    A checkpoint that ships no chat template (InstructBLIP, BLIP-2) gets its family's (`Family.chat_template`),
+    which a fine-tune run then saves with its processor."""
+    processor = _load_processor(path)
+    if not getattr(processor, "chat_template", None):
+        from vlx.inputs import read_json
+        from vlx.model.families import FAMILIES
+
+        saved = Path(path) / "chat_template.jinja"
+        config = Path(path) / "config.json"
+        model_type = read_json(config).get("model_type") if config.is_file() else None
+        family = FAMILIES.get(model_type)
+        if saved.is_file():  # InstructBlipProcessor's __init__ drops the template it was saved with
+            processor.chat_template = saved.read_text(encoding="utf-8")
+        elif family is not None and family.chat_template:
+            processor.chat_template = family.chat_template
+    return processor
+
+
+def _load_processor(path: str | Path):
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     kwargs = {"trust_remote_code": trust.trust_remote_code()}

@@ -115,7 +115,10 @@ def _extraction_rows(report, fmt: str) -> list[Row]:
     return rows
 
 
-def _chat_rows(cfg: FinetuneDataConfig, n_extraction: int, out: Path, seed: int) -> list[Row]:
+def _chat_rows(cfg: FinetuneDataConfig, n_extraction: int, out: Path, seed: int, *,
+               images_only: bool = False) -> list[Row]:
+    """Chat-replay rows: `--chat-data`, else vlx's own synthetic chat (its rows with an image alone where
+    the checkpoint reads an image with every text, `images_only`: InstructBLIP)."""
     n = round(cfg.chat_ratio * n_extraction)
     if n == 0:
         return []
@@ -123,10 +126,14 @@ def _chat_rows(cfg: FinetuneDataConfig, n_extraction: int, out: Path, seed: int)
     if path is None:
         from vlx.data.synth import synth_chat
 
-        path = synth_chat(out / "chat-replay", max(n, 16), seed=seed + 1, image_size=224)
+        path = synth_chat(out / "chat-replay", max(n, 16) * (4 if images_only else 1), seed=seed + 1, image_size=224)
     rows = load_rows(path, problems=(problems := []))
     if problems:
         raise DataError(report_problems(problems, what=f"chat data {path}"))
+    if images_only and cfg.chat_data is None:
+        rows = [r for r in rows if r.image is not None]
+        log.info("chat replay: %d of vlx's chat rows with an image (this checkpoint reads one with every text)",
+                 len(rows))
     for r in rows:
         r.source, r.format_prompt = "chat", None
     rng = random.Random(seed)
@@ -250,7 +257,11 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     one_row = packs_into_one_row(model) if data_cfg.packing else False  # an unsupported attention fails here
     log.info("trainable parameters: %s", trainable_summary(model))
 
-    rows = _extraction_rows(report, fmt) + _chat_rows(data_cfg, len(train_rows), out, train_cfg.seed)
+    from vlx.data.vlm_data import image_in_text
+
+    images_only = family.inputs == "processor" and not image_in_text(processor)
+    rows = _extraction_rows(report, fmt) + _chat_rows(data_cfg, len(train_rows), out, train_cfg.seed,
+                                                      images_only=images_only)
     max_length = run_max_length(base)
     encoder = SampleEncoder.for_model(model, processor, template=template, max_length=max_length)
     examples, problems = encoder.prepare(rows, spell=tuple(data_cfg.spell_fields))
