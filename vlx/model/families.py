@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from vlx.model.build import ModelLoadError
 
 _LM_LAYERS = r"\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)$"
+# OPT's decoder layers (BLIP-2): attention projections and the two MLP layers.
+_OPT_LAYERS = r"\.decoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|fc1|fc2)$"
 # Qwen3.5's linear-attention (Gated DeltaNet) layers: their input and output projections beside the above.
 _LINEAR_ATTN = r"\.layers\.\d+\.linear_attn\.(in_proj_qkv|in_proj_z|out_proj)$"
 
@@ -61,6 +63,8 @@ class Family:
     pixel_budget: bool = False
     """The image processor resizes into a pixel range (`size` = {shortest_edge: min, longest_edge: max}
     pixels), which `--min-pixels` / `--max-pixels` set (Qwen2/2.5-VL)."""
+    requires: tuple[tuple[str, object, str], ...] = ()
+    """Config values a checkpoint must have, (key, value, what that means), refused by name otherwise."""
     chat_template: str = ""
     """The chat template vlx gives checkpoints that ship none (InstructBLIP, BLIP-2: the instruction, then the
     answer after a space, closed by EOS, as LAVIS trains them); it is saved with a fine-tune run's processor."""
@@ -110,8 +114,12 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            _pattern("language_model.model", "language_model"), finetune=True, extract=True, inputs="processor",
            chat_template=_PREFIX_TEMPLATE,
            note="its Q-Former queries precede every row's text, so packed rows would need their own image per sample"),
-    Family("blip-2", "language_model", "language_projection", "vision_model",
-           _pattern("language_model.model", "language_model"), note="not yet"),
+    Family("blip-2", "language_model", "qformer,language_projection", "vision_model",
+           _pattern("language_model.model", "language_model", layers=f"({_LM_LAYERS}|{_OPT_LAYERS})"),
+           finetune=True, extract=True, inputs="processor", chat_template=_PREFIX_TEMPLATE,
+           requires=(("use_decoder_only_language_model", True,
+                      "a decoder-only language model (OPT); Flan-T5 BLIP-2 checkpoints are encoder-decoders"),),
+           note="its Q-Former queries precede every row's text, so packed rows would need their own image per sample"),
     Family("gemma3", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
            _pattern("model.language_model"), finetune=True, extract=True, inputs="processor",
            note="its image tokens attend to each other both ways, which packed rows would need a block mask for"),
@@ -144,7 +152,12 @@ def family_of_checkpoint(path, use: str = "finetune") -> Family:
     from vlx.inputs import read_json
 
     config = read_json(Path(path) / "config.json")
-    return family_of(config.get("model_type") if isinstance(config, dict) else None, use)
+    family = family_of(config.get("model_type") if isinstance(config, dict) else None, use)
+    for key, value, meaning in family.requires:
+        if config.get(key, value) != value:
+            raise FamilyError(f"vlx cannot {'fine-tune' if use == 'finetune' else use} with this {family.model_type!r} "
+                              f"checkpoint: it needs {meaning} ({key}={value!r} in config.json)")
+    return family
 
 
 def lora_targets(model, family: Family) -> list[str]:

@@ -397,3 +397,34 @@ def tiny_instructblip(path, *, seed: int = 0):
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def tiny_blip2(path, *, seed: int = 0):
+    """Save a random BLIP-2 with an OPT language model (as Salesforce/blip2-opt-2.7b): a 32 px ViT, a 2-layer
+    Q-Former with 4 query tokens, a 2-layer OPT. No chat template, as on the hub."""
+    import torch
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, OPTConfig
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.image_token = "<image>"
+    text = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                     word_embed_proj_dim=32, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).to_dict()
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                   encoder_hidden_size=32, cross_attention_frequency=1, max_position_embeddings=128)
+    config = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=4,
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Blip2ForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = Blip2Processor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
+                               tokenizer=tokenizer, num_query_tokens=4)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
