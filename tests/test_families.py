@@ -82,11 +82,14 @@ def test_finetune_and_extract_on_a_llava_hf_checkpoint(llava_hf, tmp_path):
 
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
-PROCESSOR_FAMILIES = QWEN + ["llava_next", "idefics3", "smolvlm", "gemma3", "instructblip", "blip-2"]
+PROCESSOR_FAMILIES = QWEN + ["llava_next", "idefics3", "smolvlm", "gemma3", "instructblip", "blip-2", "paligemma"]
 END_OF_TURN = {"llava_next": "</s>", "idefics3": "<end_of_utterance>", "smolvlm": "<end_of_utterance>",
-               "gemma3": "<end_of_turn>", "instructblip": "</s>", "blip-2": "</s>"}
-QUERIES_FIRST = ("instructblip", "blip-2")
-"""Families whose processor puts the Q-Former's query tokens before the text: every row needs an image."""
+               "gemma3": "<end_of_turn>", "instructblip": "</s>", "blip-2": "</s>", "paligemma": "</s>"}
+NEEDS_IMAGE = ("instructblip", "blip-2", "paligemma")
+"""Families that read an image with every text (Q-Former queries first; PaliGemma's processor): a text-only
+row is refused."""
+FIXED_IMAGE_TOKENS = {"gemma3": 4, "instructblip": 4, "blip-2": 4, "paligemma": 16}
+"""Image tokens per image where the count does not follow the image's size."""
 """The token that ends an answer in each family's template (Qwen's ChatML: `<|im_end|>`)."""
 ANSWER_LEAD = {"llava_next": " ", "idefics3": " ", "smolvlm": " ", "instructblip": " ", "blip-2": " "}
 """What a template writes between the prompt and the answer (LLaVA-NeXT: `[/INST] answer`), which the
@@ -98,7 +101,8 @@ def vlm(request, tmp_path_factory):
     """A tiny random checkpoint of a family whose samples go through its processor, saved as the hub lays
     one out: Qwen2-VL / Qwen2.5-VL / Qwen3-VL (their processors name a video processor), LLaVA-NeXT
     (anyres tiles), Idefics3 and SmolVLM (image splits and a global image)."""
-    from vlx.model.tiny import tiny_blip2, tiny_gemma3, tiny_idefics3, tiny_instructblip, tiny_llava_next, tiny_qwen2_vl
+    from vlx.model.tiny import (tiny_blip2, tiny_gemma3, tiny_idefics3, tiny_instructblip, tiny_llava_next,
+                                tiny_paligemma, tiny_qwen2_vl)
 
     path = tmp_path_factory.mktemp("vlm") / f"{request.param}-tiny"
     if request.param == "llava_next":
@@ -109,6 +113,8 @@ def vlm(request, tmp_path_factory):
         return tiny_instructblip(path)
     if request.param == "blip-2":
         return tiny_blip2(path)
+    if request.param == "paligemma":
+        return tiny_paligemma(path)
     if request.param in ("idefics3", "smolvlm"):
         return tiny_idefics3(path, model_type=request.param)
     return tiny_qwen2_vl(path, model_type=request.param)
@@ -170,7 +176,7 @@ def test_processor_samples_supervise_the_answer_and_its_end_of_turn_only(vlm, tm
         {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"},
         {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Goodbye."}]))
     examples, problems = prepare_vlm(rows, processor, max_length=4096)
-    if family in QUERIES_FIRST:  # every row needs an image: the text-only chat row is refused, named
+    if family in NEEDS_IMAGE:  # every row needs an image: the text-only chat row is refused, named
         assert [p.origin for p in problems] == ["chat"] and "give this row an image" in problems[0].message
     else:
         assert not problems
@@ -178,8 +184,8 @@ def test_processor_samples_supervise_the_answer_and_its_end_of_turn_only(vlm, tm
     prompt = vlx.api.Extractor(model, processor, template=None).prompt("<image>\nRead the sign.")
     image_id = model.config.image_token_id
     counts = [e.input_ids.count(image_id) for e in examples[:3]]
-    if family in ("gemma3", *QUERIES_FIRST):  # a fixed number per image (mm_tokens_per_image, num_query_tokens)
-        assert counts == [getattr(model.config, "mm_tokens_per_image", None) or model.config.num_query_tokens] * 3
+    if family in FIXED_IMAGE_TOKENS:  # mm_tokens_per_image, num_query_tokens, image_seq_length
+        assert counts == [FIXED_IMAGE_TOKENS[family]] * 3
     else:
         assert len(set(counts)) == 3 and all(counts)  # the processor expanded each image to its own size
     from vlx.decode.generate import encode_batch
@@ -192,7 +198,7 @@ def test_processor_samples_supervise_the_answer_and_its_end_of_turn_only(vlm, tm
         assert e.input_ids[: served["input_ids"].shape[1]] == served["input_ids"][0].tolist()
         assert e.labels[served["input_ids"].shape[1]] != IGNORE_INDEX  # the answer starts right after it
         assert tok.bos_token_id is None or served["input_ids"][0].tolist().count(tok.bos_token_id) <= 1  # never doubled
-    if family not in QUERIES_FIRST:
+    if family not in NEEDS_IMAGE:
         assert tok.decode([x for x in examples[3].labels if x != IGNORE_INDEX]) == f"{lead}Hello!{end}{lead}Goodbye.{end}"
     # The grammar `vlx extract` decodes with takes the answer and its end-of-turn token for token.
     decoder = ConstrainedDecoder(model, processor, Schema, template=None)
@@ -245,6 +251,7 @@ def test_finetune_extract_export_through_the_checkpoints_processor(vlm, tmp_path
     adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     connectors = connector_modules(AutoModelForImageTextToText.from_pretrained(vlm), family)
     assert connectors == {"llava_next": ["multi_modal_projector"], "gemma3": ["multi_modal_projector"],
+                          "paligemma": ["multi_modal_projector"],
                           "qwen3_vl": ["merger", "deepstack_merger_list.0"],
                           "idefics3": ["connector"], "smolvlm": ["connector"],
                           "instructblip": ["qformer", "language_projection"],
@@ -310,7 +317,7 @@ def test_packing_gives_every_sample_the_logits_it_has_alone(vlm, tmp_path):
         Image.new("RGB", size, (60 * i, 100, 20)).save(tmp_path / f"{i}.png")
         rows.append(Row(origin=f"r{i}", image=str(tmp_path / f"{i}.png"), source="extraction",
                         conversations=[{"from": "human", "value": "<image>\nRead."}, {"from": "gpt", "value": f'{{"a":{i}}}'}]))
-    if family_of_checkpoint(vlm).model_type not in QUERIES_FIRST:  # which read an image with every text
+    if family_of_checkpoint(vlm).model_type not in NEEDS_IMAGE:  # which read an image with every text
         rows.append(Row(origin="chat", image=None, source="chat",
                         conversations=[{"from": "human", "value": "Hi there"}, {"from": "gpt", "value": "Hello!"}]))
     examples, problems = prepare_vlm(rows, processor, max_length=4096)
@@ -356,18 +363,19 @@ def test_unsupported_families_are_refused_in_one_line(tmp_path):
     assert result.exit_code == 2
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
     assert "vlx cannot fine-tune with this 'blip-2' checkpoint: it needs a decoder-only" in line
-    (tmp_path / "pg").mkdir()
-    (tmp_path / "pg" / "config.json").write_text(json.dumps({"model_type": "paligemma"}))
-    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(tmp_path / "pg"), "--data",
+    (tmp_path / "intern").mkdir()
+    (tmp_path / "intern" / "config.json").write_text(json.dumps({"model_type": "internvl"}))
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(tmp_path / "intern"), "--data",
                                  str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "ft")])
     assert result.exit_code == 2
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
-    assert "vlx cannot fine-tune with 'paligemma' checkpoints yet" in line and \
-        "it can with: llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, idefics3, smolvlm, instructblip, blip-2, gemma3" in line
-    (tmp_path / "pali").mkdir()
-    (tmp_path / "pali" / "config.json").write_text(json.dumps({"model_type": "paligemma"}))
-    result = runner.invoke(app, ["extract", "--model", str(tmp_path / "pali"), "--schema", str(POI), "x.png"])
-    assert result.exit_code == 2 and "vlx cannot extract with 'paligemma' checkpoints yet" in result.stderr
+    assert "vlx cannot fine-tune with 'internvl' checkpoints yet" in line and \
+        "it can with: llava, llava_next, qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, idefics3, smolvlm, instructblip, " \
+        "blip-2, gemma3, paligemma" in line
+    (tmp_path / "lfm").mkdir()
+    (tmp_path / "lfm" / "config.json").write_text(json.dumps({"model_type": "lfm2_vl"}))
+    result = runner.invoke(app, ["extract", "--model", str(tmp_path / "lfm"), "--schema", str(POI), "x.png"])
+    assert result.exit_code == 2 and "vlx cannot extract with 'lfm2_vl' checkpoints yet" in result.stderr
     with pytest.raises(FamilyError, match="'fancy_vlm' checkpoints"):
         family_of("fancy_vlm", use="extract")
 
@@ -423,9 +431,9 @@ def test_data_validate_with_a_processor_base_counts_its_image_tokens(vlm, tmp_pa
     # 150 x 90 unpads to 4 of those 8 rows (32 + 4 newlines) = 52. Idefics3/SmolVLM: resized to 96 px on the
     # long side, split into 32 px tiles plus the global image, 4 tokens each: squares 9 + 1 -> 40, 150 x 90
     # 3 x 2 + 1 -> 28.
-    # Gemma 3 and InstructBLIP: 4 for every image (mm_tokens_per_image, num_query_tokens).
+    # Gemma 3, InstructBLIP, BLIP-2: 4 for every image (mm_tokens_per_image, num_query_tokens); PaliGemma 16.
     expected = {"qwen3_vl": "4-9", "qwen3_5": "4-9", "llava_next": "52-88", "idefics3": "28-40", "smolvlm": "28-40",
-                "gemma3": "4-4", "instructblip": "4-4", "blip-2": "4-4"}.get(
+                "gemma3": "4-4", "instructblip": "4-4", "blip-2": "4-4", "paligemma": "16-16"}.get(
         family_of_checkpoint(vlm).model_type, "4-16")
     assert "template the checkpoint's own" in line and f"image tokens per image {expected}" in line
     long = [{"id": "long", "image": "s0.png", "conversations": [

@@ -159,7 +159,7 @@ def train_base_cmd(
 @app.command("finetune")
 def finetune_cmd(
     schema: Annotated[Path, typer.Option(help="Python file defining the pydantic schema (templates/poi.py); it is executed, so give only files you would run.")],
-    base: Annotated[Path, typer.Option(help="Base model: a `vlx train-base` run, a llava-hf LLaVA-1.5 or LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Idefics3, SmolVLM, Gemma 3, InstructBLIP or BLIP-2 checkpoint directory, or a hub id (docs/models.md).")],
+    base: Annotated[Path, typer.Option(help="Base model: a `vlx train-base` run, a llava-hf LLaVA-1.5 or LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Idefics3, SmolVLM, Gemma 3, PaliGemma, InstructBLIP or BLIP-2 checkpoint directory, or a hub id (docs/models.md).")],
     data: Annotated[str, typer.Option(help="JSONL rows {\"image\", \"target\", [\"prompt\"]}.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
     schema_class: Annotated[Optional[str], typer.Option(help="Class in --schema when it defines several roots.")] = None,

@@ -26,8 +26,9 @@ from vlx.data.formats import Problem, Row
 from vlx.data.templates import IGNORE_INDEX, SampleError, Turn, adds_special_tokens, encode_continuation, encode_spelled
 from vlx.model.llava import IMAGE_TOKEN
 
-TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
-"""Processor outputs that are per token; every other output is an image input (`pixel_values`, `image_grid_thw`, ...)."""
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids", "labels")
+"""Processor outputs that are per token (PaliGemma's processor returns `labels` too); every other output is an
+image input (`pixel_values`, `image_grid_thw`, ...)."""
 
 
 def user_content(text: str) -> list[dict]:
@@ -184,6 +185,20 @@ def image_in_text(processor) -> bool:
     return getattr(processor, "num_query_tokens", None) is None
 
 
+def suffix_token_types(processor) -> bool:
+    """Whether the model tells prefix from answer by `token_type_ids` (1 on the answer and its EOS): PaliGemma,
+    a prefix LM whose processor takes the answer as `suffix`. Its prefix (image and question) attends both ways."""
+    import inspect
+
+    return "suffix" in inspect.signature(type(processor).__call__).parameters
+
+
+def needs_image(processor) -> bool:
+    """Whether every text needs an image with it: InstructBLIP and BLIP-2 (their queries come first),
+    PaliGemma (its processor refuses a text alone)."""
+    return not image_in_text(processor) or suffix_token_types(processor)
+
+
 def _holds_image(processor, text: str) -> bool:
     if not image_in_text(processor):
         return True  # the first segment: the processor puts the image before it
@@ -198,9 +213,9 @@ def prepare_vlm(rows: list[Row], processor, *, max_length: int, check_images: bo
     for row in rows:
         try:
             turns = row_turns(row, "processor")
-            if row.image is None and not image_in_text(processor):
-                raise SampleError(f"{type(processor).__name__} checkpoints read an image with every text (their "
-                                  "Q-Former's queries come first); give this row an image or leave it out")
+            if row.image is None and needs_image(processor):
+                raise SampleError(f"{type(processor).__name__} checkpoints read an image with every text; give "
+                                  "this row an image or leave it out")
             image = None
             if row.image is not None:
                 msg = check_image(row.image, row.origin) if check_images else None
@@ -236,10 +251,14 @@ class VlmDataset(LlavaDataset):
             item["image_inputs"] = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
             # Per-token modality ids: Qwen's multimodal RoPE finds the image by them (`mm_token_type_ids`), Gemma 3
             # attends bidirectionally within it (`token_type_ids`).
+            # PaliGemma's mark the answer instead (`suffix_token_types`).
             for key in ("mm_token_type_ids", "token_type_ids"):
                 if key in enc:
-                    item["token_inputs"] = {key: self.processor.create_mm_token_type_ids([ex.input_ids])[0]}
+                    types = ([int(x != IGNORE_INDEX) for x in ex.labels] if suffix_token_types(self.processor)
+                             else self.processor.create_mm_token_type_ids([ex.input_ids])[0])
+                    item["token_inputs"] = {key: types}
         return item
 
 
-__all__ = ["user_content", "messages", "render_prompt", "answer_lead", "end_of_turn_id", "image_in_text", "encode_vlm", "prepare_vlm", "VlmExample", "VlmDataset"]
+__all__ = ["user_content", "messages", "render_prompt", "answer_lead", "end_of_turn_id", "image_in_text", "needs_image",
+           "suffix_token_types", "encode_vlm", "prepare_vlm", "VlmExample", "VlmDataset"]

@@ -41,13 +41,13 @@ def _left_padding(tokenizer):
 
 def encode_batch(processor, prompts: Sequence[str], images: Sequence[Image.Image | None], device, dtype):
     """Left-padded model inputs for one batch; `images[i]` is None for a text-only prompt."""
-    from vlx.data.vlm_data import image_in_text
+    from vlx.data.vlm_data import image_in_text, needs_image
 
     placeholder = getattr(processor, "image_token", None) or IMAGE_TOKEN  # the family's (Qwen: <|image_pad|>)
+    if needs_image(processor) and any(image is None for image in images):
+        raise ValueError(f"{type(processor).__name__} checkpoints answer about an image: give one with every "
+                         "prompt (they cannot chat without one)")
     if not image_in_text(processor):  # InstructBLIP / BLIP-2: the processor puts the image first itself
-        if any(image is None for image in images):
-            raise ValueError(f"{type(processor).__name__} checkpoints answer about an image: give one with every "
-                             "prompt (they cannot chat without one)")
         placeholder = None
     for i, (prompt, image) in enumerate(zip(prompts, images)):
         n = prompt.count(placeholder) if placeholder else int(image is not None)
@@ -64,6 +64,7 @@ def encode_batch(processor, prompts: Sequence[str], images: Sequence[Image.Image
     with _left_padding(processor.tokenizer):
         enc = processor(text=list(prompts), images=nested, return_tensors="pt", padding=True,
                         add_special_tokens=adds_special_tokens(processor.tokenizer, prompts))
+    enc.pop("labels", None)  # PaliGemma's processor builds them for training
     enc = enc.to(device)
     if "pixel_values" in enc:
         # (n_images, 3, H, W) in the model's dtype; images appear in the order of their placeholders.

@@ -67,7 +67,8 @@ class Family:
     """Config values a checkpoint must have, (key, value, what that means), refused by name otherwise."""
     chat_template: str = ""
     """The chat template vlx gives checkpoints that ship none (InstructBLIP, BLIP-2: the instruction, then the
-    answer after a space, closed by EOS, as LAVIS trains them); it is saved with a fine-tune run's processor."""
+    answer after a space, closed by EOS, as LAVIS trains them; PaliGemma: prefix, then answer and EOS); it is
+    saved with a fine-tune run's processor."""
     note: str = ""
     """What is missing, for the one-line refusal."""
 
@@ -79,6 +80,18 @@ _PREFIX_TEMPLATE = (
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}{% endif %}"
     "{% else %}{{ ' ' + (message['content'] if message['content'] is string else message['content'][0]['text'])"
+    " + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+# PaliGemma ships no chat template either: `<image>` and the prefix (its processor adds BOS after the image
+# tokens and a newline after the prefix), then the answer and EOS, as its `suffix` is trained.
+_PALIGEMMA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% else %}{{ (message['content'] if message['content'] is string else message['content'][0]['text'])"
     " + eos_token }}{% endif %}{% endfor %}"
 )
 
@@ -124,7 +137,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            _pattern("model.language_model"), finetune=True, extract=True, inputs="processor",
            note="its image tokens attend to each other both ways, which packed rows would need a block mask for"),
     Family("paligemma", "model.language_model", "model.multi_modal_projector", "model.vision_tower",
-           _pattern("model.language_model"), note="prefix/suffix labels: not yet"),
+           _pattern("model.language_model"), finetune=True, extract=True, inputs="processor", packing=True,
+           chat_template=_PALIGEMMA_TEMPLATE),
 )}
 
 

@@ -428,3 +428,35 @@ def tiny_blip2(path, *, seed: int = 0):
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# ---- a tiny PaliGemma, laid out as the hub ships google/paligemma-3b-pt-224 ---------------------------
+
+def tiny_paligemma(path, *, seed: int = 0):
+    """Save a random PaliGemma: a 32 px SigLIP tower (16 image tokens), a 2-layer Gemma, and its processor (which
+    adds `<image>` and the location / segmentation tokens to the tokenizer). No chat template, as on the hub."""
+    import torch
+    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    tokenizer = tiny_tokenizer()
+    image_processor = SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    image_processor.image_seq_length = 16
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    tokenizer = processor.tokenizer
+    text = GemmaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id).to_dict()
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                  patch_size=8, projection_dim=32)
+    config = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=processor.image_token_id,
+                             projection_dim=32, hidden_size=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = PaliGemmaForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -257,9 +257,9 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     one_row = packs_into_one_row(model) if data_cfg.packing else False  # an unsupported attention fails here
     log.info("trainable parameters: %s", trainable_summary(model))
 
-    from vlx.data.vlm_data import image_in_text
+    from vlx.data.vlm_data import needs_image
 
-    images_only = family.inputs == "processor" and not image_in_text(processor)
+    images_only = family.inputs == "processor" and needs_image(processor)
     rows = _extraction_rows(report, fmt) + _chat_rows(data_cfg, len(train_rows), out, train_cfg.seed,
                                                       images_only=images_only)
     max_length = run_max_length(base)
