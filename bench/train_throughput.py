@@ -93,7 +93,7 @@ def make_model(work: Path, quick: bool) -> Path:
 def make_qwen_model(work: Path, quick: bool, images: str = "fixed") -> Path:
     """A random Qwen2-VL of SmolLM2-135M's text shape around its tokenizer (tiny with `--quick`), saved once;
     its pixel budget admits `images` (`fixed`: 448 x 448 only; `mixed`: QWEN_MIXED_SIZES)."""
-    from vlx.model.tiny import save_qwen2_vl, tiny_qwen2_vl
+    from vlx.model.tiny_families import save_qwen2_vl, tiny_qwen2_vl
 
     path = work / ("init-qwen" if images == "fixed" else f"init-qwen-{images}")
     if (path / "config.json").exists():
@@ -114,7 +114,7 @@ def make_qwen_model(work: Path, quick: bool, images: str = "fixed") -> Path:
 
 def qwen_training_template() -> str:
     """The tiny Qwen chat template with `{% generation %}` around each answer and its `<|im_end|>`."""
-    from vlx.model.tiny import QWEN_CHAT_TEMPLATE
+    from vlx.model.tiny_families import QWEN_CHAT_TEMPLATE
 
     old = "{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}"
     assert old in QWEN_CHAT_TEMPLATE

@@ -101,7 +101,7 @@ def vlm(request, tmp_path_factory):
     """A tiny random checkpoint of a family whose samples go through its processor, saved as the hub lays
     one out: Qwen2-VL / Qwen2.5-VL / Qwen3-VL (their processors name a video processor), LLaVA-NeXT
     (anyres tiles), Idefics3 and SmolVLM (image splits and a global image)."""
-    from vlx.model.tiny import (tiny_blip2, tiny_gemma3, tiny_idefics3, tiny_instructblip, tiny_llava_next,
+    from vlx.model.tiny_families import (tiny_blip2, tiny_gemma3, tiny_idefics3, tiny_instructblip, tiny_llava_next,
                                 tiny_paligemma, tiny_qwen2_vl)
 
     path = tmp_path_factory.mktemp("vlm") / f"{request.param}-tiny"
