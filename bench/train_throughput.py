@@ -261,8 +261,9 @@ def run_one(name: str, args) -> dict:
         if name == "trl-lora":
             for p in model.parameters():
                 p.requires_grad_(False)
-        else:
-            model = attach_lora(model, LoraConfig(**LORA))
+        else:  # as `vlx finetune` attaches it: in bf16, the frozen weights under LoRA kept in bf16
+            bf16 = resolve_precision(args.precision) == "bf16"
+            model = attach_lora(model, LoraConfig(**LORA), frozen_dtype=torch.bfloat16 if bf16 else None)
     else:
         set_trainable(model, stage)
     precision = resolve_precision(args.precision)
@@ -445,7 +446,8 @@ def run_qwen(name: str, args) -> dict:
         trainer = cls(model=model, args=sft, train_dataset=Dataset.from_list(records), processing_class=processor,
                       callbacks=[clock.callback()], peft_config=peft)
     else:
-        model = attach_lora(model, LoraConfig(**LORA), family)
+        model = attach_lora(model, LoraConfig(**LORA), family,
+                            frozen_dtype=torch.bfloat16 if precision == "bf16" else None)
         encoder = SampleEncoder.for_model(model.get_base_model(), processor, template=None, max_length=4096)
         examples, bad = encoder.prepare(rows)
         assert not bad, bad[:3]

@@ -241,3 +241,37 @@ def test_finetune_with_packing_logs_the_same_losses_per_source(base_and_rows, co
     for padded, packed in zip(logs["padded"], logs["packed"]):
         for key in ("loss", "loss_extraction", "loss_chat"):
             assert key in padded and packed[key] == pytest.approx(padded[key], rel=1e-4, abs=2e-4), (key, padded, packed)
+
+
+def test_frozen_weights_kept_in_bf16_give_the_same_loss_and_gradients_as_autocast(tiny):
+    """bf16 fine-tunes keep the frozen Linear weights under LoRA in bf16 (`cast_frozen_bases`): under autocast
+    the matmuls see the same bf16 numbers, so the loss and every trainable gradient are unchanged."""
+    import copy
+
+    from vlx.config import LoraConfig
+    from vlx.train.finetune import attach_lora
+
+    model, _ = tiny
+    runs = {}
+    for name, frozen in (("autocast", None), ("bf16 bases", torch.bfloat16)):
+        torch.manual_seed(0)
+        lora = attach_lora(copy.deepcopy(model), LoraConfig(r=4, alpha=8, dropout=0.0), frozen_dtype=frozen)
+        torch.manual_seed(1)
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.data.normal_(0, 0.1)  # B starts at zero: give A a gradient too
+        base_weights = {p.dtype for n, p in lora.named_parameters() if "base_layer.weight" in n}
+        assert base_weights == {frozen or torch.float32}
+        ids = torch.randint(5, 300, (2, 24), generator=torch.Generator().manual_seed(2))
+        pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+        image = model.config.image_token_id
+        ids[:, 2:2 + model.config.image_seq_length] = image
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = lora(input_ids=ids, pixel_values=pixels, labels=ids)
+        out.loss.backward()
+        runs[name] = (out.loss.detach(), {n: p.grad.clone() for n, p in lora.named_parameters() if p.requires_grad})
+    (loss_a, grads_a), (loss_b, grads_b) = runs.values()
+    assert torch.equal(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and any(g.abs().sum() > 0 for n, g in grads_a.items() if "lora_A" in n)
+    for n in grads_a:
+        assert torch.equal(grads_a[n], grads_b[n]), n

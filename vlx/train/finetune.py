@@ -34,7 +34,7 @@ from vlx.data.formats import DataError, Row, load_rows
 from vlx.data.samples import SampleEncoder
 from vlx.data.vlm_data import VlmDataset
 from vlx.model.vlm import check_pixel_budget, set_pixel_budget
-from vlx.device import device
+from vlx.device import device, resolve_precision
 from vlx.model.build import ModelLoadError, resolve_checkpoint
 from vlx.model.families import Family, connector_modules, family_of, family_of_checkpoint, lora_targets, training_template
 from vlx.model.llava import IMAGE_TOKEN
@@ -52,9 +52,10 @@ log = logging.getLogger(__name__)
 SOURCES = ("extraction", "chat")
 
 
-def attach_lora(model, cfg: LoraConfig, family: Family | None = None):
+def attach_lora(model, cfg: LoraConfig, family: Family | None = None, *, frozen_dtype=None):
     """LoRA on the language model's Linear layers (the family's pattern: never the vision tower, the
-    connector or lm_head), the connector trained fully beside it (`modules_to_save`)."""
+    connector or lm_head), the connector trained fully beside it (`modules_to_save`). `frozen_dtype`
+    (bf16 training): the frozen weights under LoRA are kept in it (`cast_frozen_bases`)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -68,7 +69,21 @@ def attach_lora(model, cfg: LoraConfig, family: Family | None = None):
     )
     for p in model.parameters():
         p.requires_grad_(False)
-    return get_peft_model(model, peft_cfg)
+    model = get_peft_model(model, peft_cfg)
+    if frozen_dtype is not None:
+        cast_frozen_bases(model, frozen_dtype)
+    return model
+
+
+def cast_frozen_bases(model, dtype) -> None:
+    """The frozen Linear weights under LoRA in `dtype`. Under bf16 autocast every matmul casts them to bf16
+    anyway (the same numbers, the same loss and gradients: tested); kept there, the step skips that copy
+    of the whole language model and holds half their memory. The model then runs under autocast only."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and isinstance(module.base_layer, torch.nn.Linear):
+            module.base_layer.weight.data = module.base_layer.weight.data.to(dtype)
 
 
 def _check_qlora(cfg: LoraConfig) -> None:
@@ -149,8 +164,9 @@ class ExtractionEval(TrainerCallback):
     that cannot close within the cap counts as not schema-valid.
     """
 
-    def __init__(self, processor, Schema, fmt: str, template: str, rows, out: Path):
+    def __init__(self, processor, Schema, fmt: str, template: str, rows, out: Path, *, precision: str = "fp32"):
         self.processor, self.Schema, self.fmt, self.template = processor, Schema, fmt, template
+        self.precision = precision  # bf16: the frozen weights are bf16 (`cast_frozen_bases`), decode under autocast
         self.rows, self.metrics_path, self.samples_path = rows, out / "metrics.jsonl", out / "samples.jsonl"
         self.extractor = None
         self.last_step = -1
@@ -169,9 +185,14 @@ class ExtractionEval(TrainerCallback):
             self.extractor = Extractor(model, self.processor, template=self.template, Schema=self.Schema,
                                        format_prompt=self.fmt,
                                        max_new_tokens=answer_cap(self.processor.tokenizer, [r.text for r in self.rows]))
+        import contextlib
+
         was_training = model.training
         model.eval()
-        preds = self.extractor.extract_many([str(r.image) for r in self.rows])
+        autocast = (torch.autocast(model.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                    else contextlib.nullcontext())
+        with autocast:
+            preds = self.extractor.extract_many([str(r.image) for r in self.rows])
         model.train(was_training)
         report = field_metrics([p if isinstance(p, self.Schema) else None for p in preds],
                                [r.target for r in self.rows], self.Schema)
@@ -253,7 +274,8 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
     from transformers import set_seed
 
     set_seed(train_cfg.seed)  # LoRA's initial A matrices: the same adapter for the same seed, in any process
-    model = attach_lora(model, lora_cfg, family)
+    precision = resolve_precision(train_cfg.precision)
+    model = attach_lora(model, lora_cfg, family, frozen_dtype=torch.bfloat16 if precision == "bf16" else None)
     one_row = packs_into_one_row(model) if data_cfg.packing else False  # an unsupported attention fails here
     log.info("trainable parameters: %s", trainable_summary(model))
 
@@ -286,7 +308,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
 
     # 5. Train.
     tracking.configure(train_cfg.report_to, out, "finetune")
-    evaluator = ExtractionEval(processor, Schema, fmt, template, val_rows, out)
+    evaluator = ExtractionEval(processor, Schema, fmt, template, val_rows, out, precision=precision)
     ckpt_dir = out / "checkpoints"
     args = training_args(train_cfg, ckpt_dir, deepspeed=deepspeed)
     trainer = LlavaTrainer(
