@@ -9,61 +9,19 @@ from typing import Annotated, Optional
 
 import typer
 
+from vlx.cli_common import (AllowPickle, MaxImagePixels, TrustRemoteCode, fail, policy, quiet_transformers_bars,
+                            setup_logging, user_errors)
+from vlx.cli_data import data_app
+
 app = typer.Typer(
     help="Train, fine-tune and run vision-language models the LLaVA-1.5 way.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Make, check and inspect training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
-def _fail(message: str, code: int = 2):
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
-
-
-def _user_errors():
-    """Errors that are the user's to fix: shown as one clear message, no traceback."""
-    from vlx.config import ConfigError
-    from vlx.data.formats import DataError
-    from vlx.inputs import InputError
-    from vlx.model.build import ModelLoadError
-    from vlx.model.families import FamilyError
-    from vlx.model.trust import TrustError
-
-    return (ConfigError, DataError, InputError, ModelLoadError, FamilyError, TrustError, FileExistsError,
-            FileNotFoundError)
-
-
-# Options of every command that reads models or images it did not write (`vlx.model.trust`, `vlx.inputs`).
-AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Load weights from pickle files (.bin/.pt) when a checkpoint has no safetensors; pickle can run code.")]
-TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run the Python code a checkpoint ships (config.json auto_map); off by default.")]
-MaxImagePixels = Annotated[Optional[int], typer.Option(help="Refuse images over this many pixels (default 64 million, a decompression-bomb guard; 0: no limit).")]
-
-
-def _policy(allow_pickle: bool = False, trust_remote_code: bool = False, max_image_pixels: int | None = None) -> None:
-    """Apply the trust and image-size flags for this process and those it starts."""
-    from vlx.inputs import InputError, set_max_image_pixels
-    from vlx.model.trust import set_policy
-
-    set_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    try:
-        set_max_image_pixels(max_image_pixels)
-    except InputError as e:
-        _fail(str(e))
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO if not verbose else logging.DEBUG, format="%(message)s")
-
-
-def _quiet_transformers_bars() -> None:
-    """Weight loading and saving bars: redrawn lines that fill a log file and say nothing the phase lines don't."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
 
 
 # ---- train-base -------------------------------------------------------------------------------
@@ -113,12 +71,12 @@ def train_base_cmd(
     max_image_pixels: MaxImagePixels = None,
 ):
     """Train a LLaVA-1.5 model: stage 1 aligns the projector, stage 2 tunes projector + LLM."""
-    _policy(allow_pickle, trust_remote_code, max_image_pixels)
+    policy(allow_pickle, trust_remote_code, max_image_pixels)
     from vlx.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_yaml, merge
     from vlx.model.presets import get_preset
     from vlx.train.base import train_base
 
-    _setup_logging()
+    setup_logging()
     try:
         stages = {"1": ("1",), "2": ("2",), "both": ("1", "2")}.get(stage)
         if stages is None:
@@ -148,8 +106,8 @@ def train_base_cmd(
         }
         run = train_base(model_cfg, data_cfg, stage_cfgs, out, stages=stages, resume=resume,
                          init_from=init_from, deepspeed=deepspeed, fsdp_config=fsdp_config)
-    except _user_errors() as e:
-        _fail(str(e))
+    except user_errors() as e:
+        fail(str(e))
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"model written to {run} (loads with LlavaForConditionalGeneration.from_pretrained)")
 
@@ -200,13 +158,13 @@ def finetune_cmd(
     max_image_pixels: MaxImagePixels = None,
 ):
     """LoRA-fine-tune a base model to answer in SCHEMA's JSON, keeping it fluent in chat."""
-    _policy(allow_pickle, trust_remote_code, max_image_pixels)
+    policy(allow_pickle, trust_remote_code, max_image_pixels)
     from vlx.config import FinetuneDataConfig, LoraConfig, TrainConfig, load_yaml, merge
     from vlx.model.presets import PRESETS
     from vlx.schema import SchemaError
     from vlx.train.finetune import finetune
 
-    _setup_logging()
+    setup_logging()
     try:
         yaml_cfg = load_yaml(config, {"data": FinetuneDataConfig, "train": TrainConfig, "lora": LoraConfig}) \
             if config else {}
@@ -227,8 +185,8 @@ def finetune_cmd(
             load_in_4bit=load_in_4bit or None))
         run = finetune(base, schema, data_cfg, train_cfg, lora_cfg, out, schema_class=schema_class,
                        resume=resume, deepspeed=deepspeed)
-    except (*_user_errors(), SchemaError) as e:
-        _fail(str(e))
+    except (*user_errors(), SchemaError) as e:
+        fail(str(e))
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"adapter written to {run}/adapter; `vlx extract --model {run} IMAGE` uses it")
 
@@ -251,13 +209,13 @@ def export_cmd(
     trust_remote_code: TrustRemoteCode = False,
 ):
     """Merge a fine-tune run's adapter into a standalone transformers checkpoint (or, --lora, a base + LoRA pair)."""
-    _policy(allow_pickle, trust_remote_code)
+    policy(allow_pickle, trust_remote_code)
     from vlx.export import export_lora, export_merged
 
     try:
         path = export_lora(model, out) if lora else export_merged(model, out)
-    except _user_errors() as e:
-        _fail(str(e))
+    except user_errors() as e:
+        fail(str(e))
     if lora:
         typer.echo(f"base with the trained connector in {path}/base, language-model LoRA in {path}/adapter "
                    f"(vllm serve {path}/base --enable-lora --lora-modules task={path}/adapter)")
@@ -265,237 +223,6 @@ def export_cmd(
         typer.echo(f"merged checkpoint written to {path} (plain transformers loads it; vlx.load keeps its schema)")
 
 
-def _row_order(problem) -> tuple:
-    """Problems in file order: by source, then row/line number (`data.jsonl:line 12`, `row 3`)."""
-    if hasattr(problem, "row"):
-        return (str(getattr(problem, "source", "")), problem.row)
-    head, _, number = problem.origin.rpartition(" ")
-    return (head, int(number)) if number.isdigit() else (problem.origin, 0)
-
-
-# ---- data validate ----------------------------------------------------------------------------
-
-@data_app.command("validate")
-def data_validate_cmd(
-    data: Annotated[str, typer.Argument(help="LLaVA .json/.jsonl, a `datasets` dir, a mixture .yaml, or (with --schema) extraction rows.")],
-    image_folder: Annotated[Optional[str], typer.Option(help="Folder image paths are relative to.")] = None,
-    preset: Annotated[str, typer.Option(help="Preset whose tokenizer measures lengths.")] = "tiny",
-    base: Annotated[Optional[Path], typer.Option(help="Measure with this run's or checkpoint's tokenizer, template and processor instead (any family vlx fine-tunes: its own image token counts).")] = None,
-    template: Annotated[Optional[str], typer.Option(help="Template to check against: plain, vicuna_v1, chatml (default: the preset's).")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sample (default: the preset's).")] = None,
-    schema: Annotated[Optional[Path], typer.Option(help="Validate extraction rows {image, target} against this pydantic schema file (Python, executed: only files you would run).")] = None,
-    schema_class: Annotated[Optional[str], typer.Option(help="Class name in --schema when it defines several roots.")] = None,
-    allow_pickle: AllowPickle = False,
-    trust_remote_code: TrustRemoteCode = False,
-    max_image_pixels: MaxImagePixels = None,
-):
-    """Report every bad row (file, row, field and fix) without training; exit 1 if any."""
-    _policy(allow_pickle, trust_remote_code, max_image_pixels)
-    from vlx.config import ModelConfig
-    from vlx.data.dataset import prepare
-    from vlx.data.formats import load_rows
-    from vlx.model.build import build_llava, resolve
-
-    lengths = None
-    try:
-        if base is not None:
-            problems, total, lengths = _validate_with_base(data, base, template, schema, schema_class, image_folder)
-        elif schema is not None:
-            from vlx.schema import load_schema, validate_rows
-
-            Schema = load_schema(schema, schema_class)
-            problems = validate_rows(data, Schema, image_folder=image_folder).problems
-            total = None
-        else:
-            cfg = resolve(ModelConfig(preset=preset, template=template, max_length=max_length))
-            model, processor = build_llava(cfg)
-            problems = []
-            rows = load_rows(data, image_folder=image_folder, problems=problems)
-            _, bad = prepare(rows, processor.tokenizer, template=cfg.template,
-                             image_token_id=model.config.image_token_id,
-                             num_image_tokens=model.config.image_seq_length, max_length=cfg.max_length)
-            problems += bad
-            total = len(rows)
-    except _user_errors() as e:
-        _fail(str(e))
-    for p in sorted(problems, key=_row_order):
-        typer.echo(str(p))
-    if lengths:
-        typer.echo(lengths)
-    if problems:
-        typer.secho(f"{len(problems)} invalid row(s)", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1)
-    typer.echo(f"ok: {total if total is not None else 'all'} rows valid")
-
-
-def _validate_with_base(data: str, base: Path, template, schema, schema_class, image_folder):
-    """-> (problems, rows, a line of token counts) of `data` encoded for `base` as `vlx finetune` would."""
-    import statistics
-
-    from vlx.data.formats import load_rows
-    from vlx.data.preview import counts
-    from vlx.data.samples import SampleEncoder
-
-    encoder = SampleEncoder.for_checkpoint(base, template=template)
-    if schema is not None:
-        from vlx.schema import format_prompt, load_schema, validate_rows
-        from vlx.train.finetune import _extraction_rows
-
-        Schema = load_schema(schema, schema_class)
-        report = validate_rows(data, Schema, image_folder=image_folder)
-        problems = list(report.problems)
-        from vlx.config import FinetuneDataConfig
-
-        rows = _extraction_rows(report, format_prompt(Schema, style=FinetuneDataConfig().prompt_style))  # finetune's
-    else:
-        problems = []
-        rows = load_rows(data, image_folder=image_folder, problems=problems)
-    examples, bad = encoder.prepare(rows)
-    problems += bad
-    if not examples:
-        return problems, len(rows), None
-    c = [counts(e, encoder.image_token_id) for e in examples]
-    totals, images = [x["total"] for x in c], [x["image"] for x in c if x["image"]]
-    line = (f"tokens per sample ({encoder.family.model_type}, template {encoder.template_name}): median "
-            f"{statistics.median(totals):.0f}, max {max(totals)} of max_length {encoder.max_length}")
-    if images:
-        line += f"; image tokens per image {min(images)}-{max(images)}"
-    return problems, len(rows), line
-
-
-@data_app.command("preview")
-def data_preview_cmd(
-    data: Annotated[str, typer.Argument(help="LLaVA .json/.jsonl, a `datasets` dir, a mixture .yaml, or (with --schema) extraction rows.")],
-    base: Annotated[Optional[Path], typer.Option(help="A run or LLaVA checkpoint whose tokenizer and template to render with.")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Or a preset: tiny, smol, llava-1.5-7b ...")] = None,
-    schema: Annotated[Optional[Path], typer.Option(help="Extraction rows: render them as `vlx finetune` does, with this schema's format prompt (Python, executed).")] = None,
-    template: Annotated[Optional[str], typer.Option(help="Template override: plain (stage 1), vicuna_v1, chatml.")] = None,
-    prompt_style: Annotated[str, typer.Option(help="With --schema: the derived format prompt, cue (finetune's default) or schema.")] = "cue",
-    n: Annotated[int, typer.Option("--n", help="Samples to show.")] = 5,
-    image_folder: Annotated[Optional[str], typer.Option(help="Folder image paths are relative to.")] = None,
-    html_out: Annotated[Path, typer.Option("--html", help="Where to write the HTML preview with the images.")] = Path("preview.html"),
-    max_image_pixels: MaxImagePixels = None,
-):
-    """Show what the model will be trained on: rendered samples, supervised spans, token counts, preview.html."""
-    _policy(max_image_pixels=max_image_pixels)
-    from rich.console import Console
-    from rich.markup import escape
-
-    from vlx.data.formats import load_rows
-    from vlx.data.preview import counts, render_text, summary, write_html
-
-    if (base is None) == (preset is None):
-        _fail("give exactly one of --base RUN or --preset NAME (whose tokenizer and template render the data)")
-    try:
-        encoder = _encoder(base, preset, template)
-        tokenizer, image_token_id, tmpl, max_length = (encoder.tokenizer, encoder.image_token_id,
-                                                       encoder.template_name, encoder.max_length)
-        if schema is not None:
-            from vlx.schema import format_prompt, load_schema, validate_rows
-            from vlx.train.finetune import _extraction_rows
-
-            Schema = load_schema(schema)
-            report = validate_rows(data, Schema, image_folder=image_folder)
-            bad = len({e.row for e in report.errors})
-            rows = _extraction_rows(report, format_prompt(Schema, style=prompt_style))
-        else:
-            problems: list = []
-            rows = load_rows(data, image_folder=image_folder, problems=problems)
-            bad = len(problems)
-        examples, more = encoder.prepare(rows)
-        bad += len(more)
-    except (*_user_errors(), ValueError) as e:
-        _fail(str(e))
-    if not examples:
-        _fail(f"no valid rows to preview in {data} ({bad} invalid: `vlx data validate` lists them)")
-    console = Console(soft_wrap=True, highlight=False)
-    for ex in examples[:n]:
-        c = counts(ex, image_token_id)
-        console.print(escape(f"── {ex.origin} [{ex.source}]: text {c['text']} + image {c['image']} = {c['total']} "
-                             f"tokens, {c['supervised']} supervised"), style="dim")
-        console.print(render_text(ex, tokenizer, image_token_id))
-    s = summary(examples, image_token_id)
-    console.print("── summary", style="dim")
-    console.print(escape(f"{s['rows']} rows ({', '.join(f'{k} {v}' for k, v in s['by_source'].items())}), template {tmpl}, "
-                  f"{s['mean_tokens']:.0f} tokens on average, longest {s['max_tokens']} of max_length {max_length}; "
-                  f"{100 * s['supervised_share']:.1f}% of tokens supervised"))
-    for origin, c in s["longest"]:
-        console.print(escape(f"  longest: {origin}: {c['total']} tokens ({c['image']} image)"))
-    if bad:
-        console.print(f"[red]{bad} invalid row(s) not shown: `vlx data validate` lists them[/red]")
-    path = write_html(examples[:max(n, 50)], tokenizer, image_token_id, html_out, title=f"vlx data preview: {data}")
-    console.print(escape(f"preview with images: {path}"))
-
-
-def _encoder(base: Path | None, preset: str | None, template: str | None):
-    """The `SampleEncoder` of a run or checkpoint (`--base`) or of a preset's freshly built model."""
-    from vlx.data.samples import SampleEncoder
-
-    if preset is not None:
-        from vlx.config import ModelConfig
-        from vlx.model.build import build_llava, resolve
-
-        cfg = resolve(ModelConfig(preset=preset, template=template))
-        model, processor = build_llava(cfg)
-        return SampleEncoder.for_model(model, processor, template=cfg.template, max_length=cfg.max_length)
-    return SampleEncoder.for_checkpoint(base, template=template)
-
-
-# ---- data synth -------------------------------------------------------------------------------
-
-def _parse_mix(text: str) -> dict[str, float]:
-    """`"shapes=0.5,street=0.5"` -> `{"shapes": 0.5, "street": 0.5}`."""
-    mix = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, share = part.partition("=")
-        try:
-            mix[name.strip()] = float(share)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(f"--mix {text!r}: write NAME=SHARE pairs separated by commas, e.g. shapes=0.5,street=0.5")
-    return mix
-
-
-@data_app.command("synth")
-def data_synth_cmd(
-    kind: Annotated[str, typer.Option(help="captions (stage 1), instruct (stage-2 mixture), poi (street scenes for templates/poi.py) or chat.")],
-    n: Annotated[int, typer.Option("--n", help="Number of rows (poi: scenes over all splits).")],
-    out: Annotated[Path, typer.Option("--out", help="Directory to write: images/ plus the data files.")],
-    seed: Annotated[int, typer.Option(help="Same seed, byte-identical output.")] = 0,
-    image_size: Annotated[int, typer.Option(help="Image side in pixels (LLaVA-1.5: 336).")] = 336,
-    font: Annotated[Optional[list[Path]], typer.Option("--font", help="poi: an extra TTF file to draw with (repeatable); output then depends on it.")] = None,
-    workers: Annotated[int, typer.Option(help="Processes rendering in parallel; the output is the same for any number.")] = 1,
-    mix: Annotated[Optional[str], typer.Option(help="captions/instruct: source shares, e.g. `shapes=0.5,street=0.5` (captions) or `vqa=0.5,street_vqa=0.5` (instruct); unnamed sources get no rows.")] = None,
-):
-    """Write deterministic synthetic images and LLaVA-format data (see `vlx.data.synth`)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from vlx.data.synth import KINDS, image_count, synth
-
-    if kind not in KINDS:
-        typer.secho(f"error: --kind {kind!r}: use one of {', '.join(KINDS)}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2)
-    if font and kind != "poi":
-        typer.secho("error: --font applies to --kind poi only", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2)
-    if mix and kind not in ("captions", "instruct"):
-        typer.secho("error: --mix applies to --kind captions and instruct only", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2)
-    extra = {"fonts": font} if font else {}
-    try:
-        if mix:
-            extra["mix"] = _parse_mix(mix)
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns) as bar:
-            task = bar.add_task(f"synth {kind}", total=image_count(kind, n, extra.get("mix")))
-            result = synth(kind, out, n, seed=seed, image_size=image_size, workers=workers,
-                           progress=lambda: bar.advance(task), **extra)
-    except (ValueError, OSError) as e:
-        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2)
-    written = ", ".join(str(p) for p in result.values()) if isinstance(result, dict) else str(result)
-    typer.echo(f"{n} {kind} rows written: {written}")
 
 
 # ---- eval -------------------------------------------------------------------------------------
@@ -516,13 +243,13 @@ def eval_cmd(
     max_image_pixels: MaxImagePixels = None,
 ):
     """Score a model: a paper benchmark (--benchmark) or schema extraction on held-out rows."""
-    _policy(allow_pickle, trust_remote_code, max_image_pixels)
+    policy(allow_pickle, trust_remote_code, max_image_pixels)
     from vlx.eval.benchmarks import BenchmarkError, get_benchmark, markdown_table, run_benchmark
     from vlx.eval.extraction import ExtractionEvalError, evaluate_run
     from vlx.eval.fields import format_table
     from vlx.schema import SchemaError
 
-    _setup_logging()
+    setup_logging()
     try:
         if benchmark is not None:
             name = get_benchmark(benchmark).name
@@ -533,7 +260,7 @@ def eval_cmd(
             typer.echo(f"results written to {target}")
         else:
             if split is not None:
-                _fail("--split applies to --benchmark runs only")
+                fail("--split applies to --benchmark runs only")
             target = out or Path(model) / "eval" / "extraction"
             report = evaluate_run(model, data, chat_data=chat_data, out_dir=target, limit=limit, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens)
@@ -543,8 +270,8 @@ def eval_cmd(
 
                 typer.echo(format_chat(report["chat"], samples=3))
             typer.echo(f"results written to {target}")
-    except (*_user_errors(), BenchmarkError, ExtractionEvalError, SchemaError) as e:
-        _fail(str(e))
+    except (*user_errors(), BenchmarkError, ExtractionEvalError, SchemaError) as e:
+        fail(str(e))
 
 
 # ---- extract, chat ----------------------------------------------------------------------------
@@ -580,7 +307,7 @@ def extract_cmd(
     max_image_pixels: MaxImagePixels = None,
 ):
     """Print one JSON object per image and line: {"image", "result"} or {"image", "error"}; exit 1 if any failed."""
-    _policy(allow_pickle, trust_remote_code, max_image_pixels)
+    policy(allow_pickle, trust_remote_code, max_image_pixels)
     import json
 
     from rich.console import Console
@@ -592,7 +319,7 @@ def extract_cmd(
 
     paths = _image_paths(images)
     if not paths:
-        _fail("no image files found in the given paths (looked for " + ", ".join(IMAGE_SUFFIXES) + ")")
+        fail("no image files found in the given paths (looked for " + ", ".join(IMAGE_SUFFIXES) + ")")
     options = {k: v for k, v in dict(backend=backend, temperature=temperature, seed=seed,
                                      max_new_tokens=max_new_tokens).items() if v is not None}
     try:
@@ -615,8 +342,8 @@ def extract_cmd(
                         line = {"image": str(path), "result": result.model_dump(mode="json")}
                     typer.echo(json.dumps(line, ensure_ascii=False))
                 progress.advance(task, len(chunk))
-    except (*_user_errors(), SchemaError, ValueError) as e:
-        _fail(str(e))
+    except (*user_errors(), SchemaError, ValueError) as e:
+        fail(str(e))
     if failed:
         typer.secho(f"{failed} of {len(paths)} image(s) failed", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
@@ -635,13 +362,13 @@ def chat_cmd(
     max_image_pixels: MaxImagePixels = None,
 ):
     """Ask the model anything, with or without an image: its chat mode (no format prompt, no grammar)."""
-    _policy(allow_pickle, trust_remote_code, max_image_pixels)
+    policy(allow_pickle, trust_remote_code, max_image_pixels)
     from vlx.api import ImageError, load
 
     try:
         answer = load(model).chat(image, message, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    except (*_user_errors(), ImageError, ValueError) as e:
-        _fail(str(e))
+    except (*user_errors(), ImageError, ValueError) as e:
+        fail(str(e))
     typer.echo(answer)
 
 
@@ -662,15 +389,15 @@ def pretrain_tower_cmd(
     """
     from vlx.model.tower import TowerConfig, pretrain
 
-    _setup_logging()
+    setup_logging()
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    _quiet_transformers_bars()
+    quiet_transformers_bars()
     if out.exists() and any(out.iterdir()):
-        _fail(f"--out {out} exists and is not empty; give a new directory (the tower is written there when whole)")
+        fail(f"--out {out} exists and is not empty; give a new directory (the tower is written there when whole)")
     try:
         cfg = TowerConfig(steps=steps, seed=seed, batch_size=batch_size, precision=precision)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     from vlx.run import atomic_dir
 
     with atomic_dir(out) as tmp:
@@ -702,14 +429,14 @@ def demo_cmd(
     from vlx.model.smol import SmolError
     from vlx.schema import SchemaError
 
-    _setup_logging()
+    setup_logging()
     for name in ("transformers", "vlx"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    _quiet_transformers_bars()
+    quiet_transformers_bars()
     try:
         result = run_demo(out, quick=quick, ablation=ablation, seed=seed, retrain_tower=retrain_tower)
-    except (*_user_errors(), SchemaError, SmolError) as e:
-        _fail(str(e))
+    except (*user_errors(), SchemaError, SmolError) as e:
+        fail(str(e))
     typer.echo(result["summary"])
     typer.echo(f"report: {out / 'report.html'}")
 
