@@ -254,6 +254,7 @@ def run_one(name: str, args) -> dict:
     info = json.loads((Path(args.init) / "bench.json").read_text())
     template, max_length = info["template"], info["max_length"]
     stage = "1" if name.startswith("stage1") else "lora" if name.endswith(("lora", "lora+packing")) else "2"
+    precision = resolve_precision(args.precision)
     if stage == "lora":
         from vlx.config import LoraConfig
         from vlx.train.finetune import attach_lora
@@ -262,11 +263,9 @@ def run_one(name: str, args) -> dict:
             for p in model.parameters():
                 p.requires_grad_(False)
         else:  # as `vlx finetune` attaches it: in bf16, the frozen weights under LoRA kept in bf16
-            bf16 = resolve_precision(args.precision) == "bf16"
-            model = attach_lora(model, LoraConfig(**LORA), frozen_dtype=torch.bfloat16 if bf16 else None)
+            model = attach_lora(model, LoraConfig(**LORA), frozen_dtype=torch.bfloat16 if precision == "bf16" else None)
     else:
         set_trainable(model, stage)
-    precision = resolve_precision(args.precision)
     epochs = args.stage1_epochs if stage == "1" else 1
     cfg = TrainConfig(learning_rate={"1": 1e-3, "2": 5e-5, "lora": 1e-3}[stage], global_batch_size=args.global_batch,
                       per_device_batch_size=args.micro_batch, epochs=epochs,

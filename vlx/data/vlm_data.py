@@ -18,6 +18,7 @@ the first answer token.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,9 @@ class VlmExample:
     """The text segment holding the image placeholder, as the processor expanded it (re-run per batch)."""
     origin: str
     source: str
+    image_special: bool = False
+    """Whether that segment was encoded with the tokenizer's special tokens (`adds_special_tokens`); the
+    per-batch re-run does the same (InstructBLIP's Q-Former text takes them too)."""
 
     @property
     def has_image(self) -> bool:
@@ -97,7 +101,7 @@ def end_of_turn_id(processor) -> int:
     return labels[max(i for i, x in enumerate(labels) if x != IGNORE_INDEX)]
 
 
-def _segments(processor, turns: list[Turn]) -> list[tuple[str, str, str]]:
+def _segments(processor, turns: list[Turn], lead: str | None = None) -> list[tuple[str, str, str]]:
     """-> per turn (prompt text, answer, end-of-turn text), concatenating to the template's whole rendering.
     The answer includes the template's lead (`answer_lead`), which the model learns to write.
 
@@ -107,7 +111,7 @@ def _segments(processor, turns: list[Turn]) -> list[tuple[str, str, str]]:
     inference, each earlier one where the history shows it, each closed by the template's end of turn.
     """
     out, done = [], ""
-    lead = answer_lead(processor)
+    lead = answer_lead(processor) if lead is None else lead
     for k, t in enumerate(turns):
         prompt = render_prompt(processor, turns[:k] + [Turn(t.user, None)])
         full = processor.apply_chat_template(messages(turns[: k + 1]), tokenize=False)
@@ -155,15 +159,17 @@ def _end_of_turn(tokenizer, text: str) -> tuple[list[int], list[int]]:
     return ids, ids[: stop + 1] + [IGNORE_INDEX] * (len(ids) - stop - 1)
 
 
-def encode_vlm(processor, turns: list[Turn], image, spell: tuple[str, ...] = ()) -> tuple[list[int], list[int], str | None]:
-    """(input_ids, labels, image segment) of one conversation, the image placeholder expanded by the processor."""
+def encode_vlm(processor, turns: list[Turn], image, spell: tuple[str, ...] = (), *,
+               lead: str | None = None) -> tuple[list[int], list[int], str | None, bool]:
+    """(input_ids, labels, image segment, whether it took the special tokens) of one conversation, the image
+    placeholder expanded by the processor; `lead` is `answer_lead(processor)` (found here if not given)."""
     tokenizer = processor.tokenizer
-    input_ids, labels, image_text = [], [], None
-    for k, (prompt, answer, ending) in enumerate(_segments(processor, turns)):
+    input_ids, labels, image_text, image_special = [], [], None, False
+    for k, (prompt, answer, ending) in enumerate(_segments(processor, turns, lead)):
         # The first text with the tokenizer's BOS where `vlx extract` has it (`adds_special_tokens`).
         special = k == 0 and adds_special_tokens(tokenizer, [prompt])
         if image is not None and image_text is None and _holds_image(processor, prompt):
-            image_text = prompt
+            image_text, image_special = prompt, special
             ids = processor(text=[prompt], images=[image], add_special_tokens=special)["input_ids"][0]
             ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         else:
@@ -175,7 +181,7 @@ def encode_vlm(processor, turns: list[Turn], image, spell: tuple[str, ...] = ())
         labels += [IGNORE_INDEX] * len(ids) + answer_ids + end_labels
     if image is not None and image_text is None:
         raise SampleError("the row has an image but the chat template rendered no image placeholder for it")
-    return input_ids, labels, image_text
+    return input_ids, labels, image_text, image_special
 
 
 def image_in_text(processor) -> bool:
@@ -188,9 +194,14 @@ def image_in_text(processor) -> bool:
 def suffix_token_types(processor) -> bool:
     """Whether the model tells prefix from answer by `token_type_ids` (1 on the answer and its EOS): PaliGemma,
     a prefix LM whose processor takes the answer as `suffix`. Its prefix (image and question) attends both ways."""
+    return _takes_suffix(type(processor))
+
+
+@functools.cache
+def _takes_suffix(processor_cls) -> bool:
     import inspect
 
-    return "suffix" in inspect.signature(type(processor).__call__).parameters
+    return "suffix" in inspect.signature(processor_cls.__call__).parameters
 
 
 def needs_image(processor) -> bool:
@@ -210,10 +221,11 @@ def prepare_vlm(rows: list[Row], processor, *, max_length: int, check_images: bo
                 spell: tuple[str, ...] = ()) -> tuple[list[VlmExample], list[Problem]]:
     """Validate and encode every row through the processor; (examples, problems), nothing skipped silently."""
     examples, problems = [], []
+    lead, image_needed = answer_lead(processor), needs_image(processor)  # the template's facts, found once
     for row in rows:
         try:
             turns = row_turns(row, "processor")
-            if row.image is None and needs_image(processor):
+            if row.image is None and image_needed:
                 raise SampleError(f"{type(processor).__name__} checkpoints read an image with every text; give "
                                   "this row an image or leave it out")
             image = None
@@ -222,14 +234,15 @@ def prepare_vlm(rows: list[Row], processor, *, max_length: int, check_images: bo
                 if msg:
                     raise SampleError(msg)
                 image = open_image(row.image, origin=row.origin)
-            ids, labels, image_text = encode_vlm(processor, turns, image, spell if row.source != "chat" else ())
+            ids, labels, image_text, special = encode_vlm(processor, turns, image,
+                                                          spell if row.source != "chat" else (), lead=lead)
             if len(ids) > max_length:
                 raise SampleError(f"{len(ids)} tokens with the image's, over max_length={max_length}; shorten the "
                                   "conversation or lower the image's pixel budget")
         except SampleError as e:
             problems.append(Problem(row.origin, str(e)))
             continue
-        examples.append(VlmExample(ids, labels, row.image, image_text, row.origin, row.source))
+        examples.append(VlmExample(ids, labels, row.image, image_text, row.origin, row.source, special))
     return examples, problems
 
 
@@ -239,22 +252,22 @@ class VlmDataset(LlavaDataset):
     def __init__(self, examples: list[VlmExample], processor):
         super().__init__(examples, processor.image_processor)
         self.processor = processor
+        self.suffix_types = suffix_token_types(processor)
 
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
         item = {"input_ids": ex.input_ids, "labels": ex.labels, "pixel_values": None, "source": ex.source}
         if ex.has_image:
             img = open_image(ex.image, origin=ex.origin)
-            # As the row's ids were made: the Q-Former's own text (InstructBLIP) takes the special tokens too.
             enc = self.processor(text=[ex.image_text], images=[img], return_tensors="pt",
-                                 add_special_tokens=adds_special_tokens(self.processor.tokenizer, [ex.image_text]))
+                                 add_special_tokens=ex.image_special)
             item["image_inputs"] = {k: v for k, v in enc.items() if k not in TEXT_KEYS}
             # Per-token modality ids: Qwen's multimodal RoPE finds the image by them (`mm_token_type_ids`), Gemma 3
             # attends bidirectionally within it (`token_type_ids`).
             # PaliGemma's mark the answer instead (`suffix_token_types`).
             for key in ("mm_token_type_ids", "token_type_ids"):
                 if key in enc:
-                    types = ([int(x != IGNORE_INDEX) for x in ex.labels] if suffix_token_types(self.processor)
+                    types = ([int(x != IGNORE_INDEX) for x in ex.labels] if self.suffix_types
                              else self.processor.create_mm_token_type_ids([ex.input_ids])[0])
                     item["token_inputs"] = {key: types}
         return item

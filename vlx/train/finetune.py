@@ -141,6 +141,8 @@ def _chat_rows(cfg: FinetuneDataConfig, n_extraction: int, out: Path, seed: int,
     if path is None:
         from vlx.data.synth import synth_chat
 
+        # Half of vlx's chat sources carry an image (`CHAT_SOURCES`): drawing four times as many rows leaves
+        # about twice `n` of them to sample from.
         path = synth_chat(out / "chat-replay", max(n, 16) * (4 if images_only else 1), seed=seed + 1, image_size=224)
     rows = load_rows(path, problems=(problems := []))
     if problems:
