@@ -470,3 +470,49 @@ def test_a_qwen_checkpoint_in_the_hubs_older_layout_loads_without_torchvision(vl
     assert extractor.processor.chat_template and "<|im_start|>assistant" in extractor.prompt("<image>\nHi")
     Schema = load_schema(POI)
     assert isinstance(extractor.extract(tmp_path / "a.png", Schema), Schema)
+
+
+@pytest.mark.parametrize("vlm", ["qwen2_vl", "qwen3_vl", "llava_next", "idefics3", "gemma3", "instructblip"],
+                         indirect=True)
+def test_a_text_only_batch_still_runs_the_tower_and_connector_on_a_stand_in_image(vlm):
+    """Several processes training on mixed rows: a batch without an image runs the tower and the connector
+    on one blank image at zero weight, so DDP sees a gradient for every connector weight and ZeRO-3 a
+    gather of every tower shard on every process."""
+    from transformers import AutoModelForImageTextToText
+
+    from vlx.model.vlm import load_processor
+    from vlx.train.trainer import image_stand_in, stand_in_term
+
+    model = AutoModelForImageTextToText.from_pretrained(vlm)
+    family = family_of(model.config)
+    connectors = [model.get_submodule(path) for path in family.connector.split(",")]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in connectors:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    calls = []
+    model.get_submodule(family.vision).register_forward_hook(lambda *args: calls.append(1))
+    term = stand_in_term(model, image_stand_in(load_processor(vlm)), "cpu")
+    term.backward()
+    assert term.item() == 0.0 and calls
+    grads = [p.grad for module in connectors for p in module.parameters()]
+    assert grads and all(g is not None and not g.any() for g in grads)
+
+
+def test_the_stand_in_on_vlx_llava_runs_the_tower_or_with_cached_features_only_the_projector(tiny):
+    import copy
+
+    from vlx.train.trainer import image_stand_in, stand_in_term
+
+    for cached in (False, True):
+        model = copy.deepcopy(tiny[0])
+        projector = model.model.multi_modal_projector
+        trainable = set(projector.parameters())
+        for p in model.parameters():
+            p.requires_grad_(p in trainable)
+        calls = []
+        model.model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+        stand_in_term(model, image_stand_in(tiny[1]), "cpu", cached=cached).backward()
+        assert bool(calls) != cached
+        assert all(p.grad is not None and not p.grad.any() for p in projector.parameters())

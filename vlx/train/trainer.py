@@ -12,6 +12,11 @@ needs, and this subclass adds:
   folder and renamed when complete;
 - `metrics.jsonl` with the stage name, written by a callback, and the loss of each data source
   (`loss_extraction`, `loss_chat`) when the collator passes `source_ids`;
+- a stand-in image on text-only batches when several processes train: a process whose batch holds
+  no image would skip the tower and the connector, and DDP (a parameter without a gradient) or
+  DeepSpeed ZeRO-3 (the others wait for it to gather the tower's shards) stops. As in LLaVA's own
+  `train.py` (a zero image for text-only rows), the tower and connector run on one blank image and
+  add zero times their output to the loss: the same loss and gradients, and every process takes part;
 - resumption that restores the weights: transformers 5 saves LLaVA checkpoints with its
   key-conversion mapping (`language_model.model.*`) but `Trainer._load_from_checkpoint` loads
   them with a raw `load_state_dict`, so every key misses and training silently continues from
@@ -21,6 +26,7 @@ needs, and this subclass adds:
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -32,17 +38,69 @@ import torch.nn.functional as F
 from transformers import PrinterCallback, PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from vlx.data.feature_cache import CachedFeatureDataset, fill_feature_cache, vision_feature_input
+from vlx.data.feature_cache import FEATURE_KWARG, CachedFeatureDataset, fill_feature_cache, vision_feature_input
 from vlx.data.sampler import ModalityLengthSampler
 from vlx.data.templates import IGNORE_INDEX
 
 PROJECTOR_PREFIX = "multi_modal_projector"
+IMAGE_KEYS = ("pixel_values", FEATURE_KWARG)
+"""Batch keys that mean the batch runs the tower (or its cached features) through the connector."""
+
+
+def image_stand_in(processor) -> dict[str, torch.Tensor]:
+    """The processor's inputs for one blank image, in the keys the family's `get_image_features`
+    reads (`pixel_values`, `image_grid_thw`, `pixel_attention_mask`, `image_sizes`, InstructBLIP's
+    `qformer_input_ids`...): what `LlavaTrainer` runs on a batch without images."""
+    from PIL import Image
+
+    from vlx.decode.generate import encode_batch
+    from vlx.data.vlm_data import image_in_text
+
+    side = getattr(processor.image_processor, "crop_size", None) or {}
+    side = side.get("height", 224) if isinstance(side, dict) else 224
+    placeholder = getattr(processor, "image_token", None) or "<image>"
+    prompt = placeholder if image_in_text(processor) else ""
+    enc = encode_batch(processor, [prompt], [Image.new("RGB", (side, side))], "cpu", torch.float32)
+    return {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask", "token_type_ids",
+                                                        "mm_token_type_ids")}
+
+
+def _tensors(x) -> list[torch.Tensor]:
+    """Every tensor in a model output, tuple, list or dict (what `get_image_features` returns varies by family)."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _tensors(v)]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    return []
+
+
+def stand_in_term(model, stand_in: dict, device, *, cached: bool = False) -> torch.Tensor:
+    """Zero times the tower's and connector's output on `image_stand_in`'s blank image: a graph through
+    both, so that every trainable connector weight gets a (zero) gradient and every tower shard is
+    gathered. `cached`: the tower's features come from the feature cache, so only the projector runs."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if cached:
+        projector = inner.model.multi_modal_projector
+        vision = inner.config.vision_config
+        tokens = (vision.image_size // vision.patch_size) ** 2
+        out = projector(torch.zeros(1, tokens, vision.hidden_size, device=device, dtype=projector.linear_1.weight.dtype))
+    else:
+        accepts = inspect.signature(inner.get_image_features).parameters
+        dtype = next(inner.parameters()).dtype
+        kwargs = {k: (v.to(device, dtype) if k == "pixel_values" else v.to(device))
+                  for k, v in stand_in.items() if k in accepts or k == "pixel_values"}
+        out = inner.get_image_features(**kwargs)
+    return sum(t.float().sum() for t in _tensors(out) if t.is_floating_point()) * 0.0
 
 
 class LlavaTrainer(Trainer):
     def __init__(self, *args, projector_lr: float | None = None, modality_lengths: list[int] | None = None,
-                 source_names: tuple[str, ...] | None = None, **kwargs):
+                 source_names: tuple[str, ...] | None = None, stand_in: dict | None = None, **kwargs):
+        """`stand_in`: `image_stand_in(processor)`, run on text-only batches when several processes train."""
         self.projector_lr = projector_lr
+        self.stand_in = stand_in
         self.modality_lengths = modality_lengths
         self.source_names = source_names
         self._source_loss = torch.zeros(len(source_names or ()), dtype=torch.float64)
@@ -64,10 +122,17 @@ class LlavaTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         source_ids = inputs.pop("source_ids", None)
         labels, kept = inputs.get("labels"), inputs.get("logits_to_keep")  # the Trainer may pop the labels
+        text_only = not any(k in inputs for k in IMAGE_KEYS)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if text_only and model.training and self.stand_in is not None and self.args.world_size > 1:
+            loss = loss + self._stand_in_term(model)
         if source_ids is not None and model.training:
             self._track_source_loss(outputs.logits, labels, source_ids, kept)
         return (loss, outputs) if return_outputs else loss
+
+    def _stand_in_term(self, model) -> torch.Tensor:
+        return stand_in_term(self.accelerator.unwrap_model(model), self.stand_in, self.args.device,
+                             cached=isinstance(self.train_dataset, CachedFeatureDataset))
 
     @torch.no_grad()
     def _track_source_loss(self, logits, labels, source_ids, kept=None) -> None:
