@@ -46,8 +46,9 @@ def test_field_markers_and_the_storefront_seam(micro_tower):
     ids = processor.tokenizer.encode(" number", add_special_tokens=False)
     assert torch.allclose(markers[1 + FIELDS.index("house_number")], table[ids].mean(0))
     stats = align_projector(model, processor, steps=40, images=8, batch_patches=256, field_marker=0.5, separator=True,
-                            shop_marker=0.5, progress=False)
+                            shop_marker=0.5, storefront_marker=0.5, progress=False)
     assert 0.0 <= stats["held_out_shop_marker_accuracy"] <= 1.0
+    assert 0.0 <= stats["held_out_storefront_accuracy"] <= 1.0 and stats["storefront_marker"] == 0.5
     assert stats["field_marker"] == 0.5 and stats["separator"] and stats["last_loss"] < 0.5 * stats["first_loss"]
     assert 0.0 <= stats["held_out_separator_accuracy"] <= 1.0
     assert 0.0 <= stats["held_out_field_accuracy"] <= 1.0 and 0.0 <= stats["held_out_glyph_accuracy"] <= 1.0
@@ -57,14 +58,14 @@ def test_every_cell_targets_its_glyph_field_shop_word_or_the_seam():
     import numpy as np
 
     from vlx.data.street import CATEGORY_LIST, FIELD_ID, GLYPH_ID, GLYPHS, street_scene
-    from vlx.model.align import patch_targets
+    from vlx.model.align import Layout, patch_targets
 
     n_chars, n_fields = 1 + len(GLYPHS), 8
     for seed in range(40):
         _, pois, labels = street_scene(np.random.default_rng([9, seed]), 224)
         if len(pois) == 2:
             break
-    target, full = patch_targets(labels[None], n_chars, n_fields, separator=True)
+    target, full = patch_targets(labels[None], Layout(n_chars, n_fields, separator=True))
     target, full = target.view(16, 16), full.view(16, 16)
     glyph, field, shop, _ = labels.astype(int)
     r, c = np.argwhere(field == FIELD_ID["name"])[0]
@@ -77,15 +78,24 @@ def test_every_cell_targets_its_glyph_field_shop_word_or_the_seam():
     assert target[r, c] == n_chars * n_fields - 1 + shop[r, c] and not full[r, c]
     assert target[14, 0] == 0  # the pavement: a space
     n_shops = 1 + len(CATEGORY_LIST)
-    shaded, _ = patch_targets(labels[None], n_chars, n_fields, separator=True, n_shops=n_shops)
+    shaded, _ = patch_targets(labels[None], Layout(n_chars, n_fields, n_shops, separator=True))
     shaded = shaded.view(16, 16)
     r, c = np.argwhere(field == FIELD_ID["name"])[-1]  # a glyph of a name, on its storefront
     assert shaded[r, c] == (shop[r, c] * n_fields + FIELD_ID["name"]) * n_chars + glyph[r, c]
     assert all(shaded[r, c] == n_chars * n_fields * n_shops + len(CATEGORY_LIST) for r, c in seam)
     r, c = 10, 3
-    plain, _ = patch_targets(labels[None], n_chars)  # no markers, no separator
+    plain, _ = patch_targets(labels[None], Layout(n_chars))  # no markers, no separator
     assert (plain.view(16, 16)[7:9, 1:13] < n_chars + len(CATEGORY_LIST)).all()
     assert plain.view(16, 16)[r, c] == n_chars - 1 + shop[r, c]
+    # Storefront markers: the left shop's cells carry ordinal 1, the right one's 2, text or not.
+    layout = Layout(n_chars, n_fields, n_fronts=3, separator=True)
+    fronted, _ = patch_targets(labels[None], layout)
+    content, fld, _, front = (x.view(16, 16) for x in layout.parts(fronted))
+    assert front[10, 3] == 1 and front[10, 12] == 2 and front[14, 0] == 0 and front[0, 0] == 0
+    assert content[10, 3] == n_chars + shop[10, 3] - 1 and fld[10, 3] == 0
+    r, c = np.argwhere(field == FIELD_ID["name"])[-1]  # on the right shop's sign
+    assert front[r, c] == 2 and content[r, c] == glyph[r, c] and fld[r, c] == FIELD_ID["name"]
+    assert all(content[r, c] == n_chars + len(CATEGORY_LIST) and front[r, c] == 1 + (c == 8) for r, c in seam)
 
 
 def test_glyph_tokens_are_single_characters():
@@ -132,3 +142,15 @@ def test_shop_words_are_the_llm_embeddings_of_the_category_words():
     ids = processor.tokenizer.encode(" hair salon", add_special_tokens=False)
     assert torch.allclose(words[CATEGORY_LIST.index("hair_salon")], table[ids].mean(0))
     assert len({tuple(w.tolist()) for w in words}) == len(CATEGORY_LIST)  # no two shops read alike
+
+
+def test_storefront_ordinals_are_the_llm_embeddings_of_their_words():
+    from vlx.data.street import MAX_STOREFRONTS
+    from vlx.model.align import ORDINAL_WORDS, ordinal_embeddings
+
+    model, processor = build_llava(ModelConfig(preset="tiny"))
+    table = model.get_input_embeddings().weight.detach()
+    fronts = ordinal_embeddings(processor.tokenizer, table)
+    assert fronts.shape == (1 + MAX_STOREFRONTS, table.shape[1]) and not fronts[0].any()
+    ids = processor.tokenizer.encode(" " + ORDINAL_WORDS[1], add_special_tokens=False)
+    assert torch.allclose(fronts[2], table[ids].mean(0)) and not torch.allclose(fronts[1], fronts[2])

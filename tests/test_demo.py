@@ -86,3 +86,23 @@ def test_wilson_interval():
     lo, hi = wilson(50, 100)
     assert lo < 0.5 < hi and hi - lo == pytest.approx(0.19, abs=0.01)
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_by_storefronts_scores_each_scene_type_over_its_gold_storefronts(tmp_path):
+    from vlx.demo import by_storefronts
+
+    def poi(name, category="cafe", number="1"):
+        return {"name": name, "category": category, "address": {"house_number": number, "street": None}}
+
+    rows = [
+        {"target": {"pois": []}, "prediction": json.dumps({"pois": []})},
+        {"target": {"pois": [poi("A")]}, "prediction": json.dumps({"pois": [poi("A"), poi("B")]})},
+        {"target": {"pois": [poi("A")]}, "prediction": None},  # not schema-valid: every field wrong
+        {"target": {"pois": [poi("A", "bar"), poi("B", "bank", "2")]},
+         "prediction": json.dumps({"pois": [poi("A", "bank"), poi("C", "bank", "2")]})},
+    ]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = by_storefronts(tmp_path)
+    assert got["0"] == {"scenes": 1, "count_accuracy": 1.0, "name": None, "category": None, "house_number": None}
+    assert got["1"] == {"scenes": 2, "count_accuracy": 0.0, "name": 0.5, "category": 0.5, "house_number": 0.5}
+    assert got["2"] == {"scenes": 1, "count_accuracy": 1.0, "name": 0.5, "category": 0.5, "house_number": 1.0}

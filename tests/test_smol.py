@@ -418,7 +418,8 @@ def test_real_smollm2_tokenizer_and_chat(smol_llm_dir):
 
 def test_shipped_tower_reads_held_out_scenes():
     """The tower inside the package, scored afresh on held-out street scenes (a seed of their own):
-    the reading recorded in its metrics.json, and at least 95% of sign and number characters."""
+    the reading recorded in its metrics.json, at least 95% of sign and number characters, and which
+    storefront from the left each cell of two side by side lies on."""
     vision = CLIPVisionModel.from_pretrained(smol.shipped_tower()).eval()
     cfg = tower.TowerConfig(**json.loads((smol.TOWER_ASSET / "metrics.json").read_text())["config"])
     assert vision.config.image_size == cfg.image_size == 224
@@ -432,6 +433,7 @@ def test_shipped_tower_reads_held_out_scenes():
     now = tower.score(predicted, labels)
     assert now["signs_and_numbers"] >= 0.95 and now["char_accuracy"] >= 0.95
     assert abs(now["char_accuracy"] - recorded["char_accuracy"]) < 0.03
+    assert now["storefront_two"] >= 0.9 and abs(now["storefront_two"] - recorded["storefront_two"]) < 0.05
 
 
 @pytest.mark.slow

@@ -85,6 +85,8 @@ class DemoConfig:
     """Field markers in the alignment targets (`align_projector` `field_marker`; 0: glyphs only)."""
     align_shop_marker: float = 0.0
     """Storefront-category markers on text patches (`align_projector` `shop_marker`; 0: none)."""
+    align_storefront_marker: float = 0.0
+    """Storefront ordinals on every storefront cell (`align_projector` `storefront_marker`; 0: none)."""
     align_separator: bool = False
     """Align the seam between two storefronts to `|` (`align_projector` `separator`)."""
     prompt_style: str = "cue"
@@ -175,7 +177,7 @@ def align(cfg: DemoConfig, out: Path, vision: str | None = None, seed: int = 0) 
 
     model, processor = build_llava(ModelConfig(preset=cfg.preset, vision=vision))
     stats = align_projector(model, processor, steps=cfg.align_steps, field_marker=cfg.align_field_marker,
-                            shop_marker=cfg.align_shop_marker,
+                            shop_marker=cfg.align_shop_marker, storefront_marker=cfg.align_storefront_marker,
                             separator=cfg.align_separator, seed=seed)
     path = save_projector(model, out / "align" / "projector.safetensors")
     (out / "align" / "stats.json").write_text(json.dumps(stats) + "\n")
@@ -260,6 +262,40 @@ def empty_facades(eval_dir: Path) -> dict:
             "ci95": wilson(right, len(empty)) if empty else None}
 
 
+BY_STOREFRONTS = {"name": ("name",), "category": ("category",), "house_number": ("address", "house_number")}
+"""The fields `by_storefronts` breaks down (paths into a POI)."""
+
+
+def by_storefronts(eval_dir: Path) -> dict[str, dict]:
+    """Test scenes grouped by their number of storefronts: how often the model answered that many, and
+    each `BY_STOREFRONTS` field's accuracy over the gold storefronts, matched in order as the
+    evaluation matches them (a storefront the model left out counts as wrong)."""
+    def get(poi: dict, path: tuple[str, ...]):
+        for key in path:
+            poi = (poi or {}).get(key)
+        return poi
+
+    groups: dict[int, dict] = {}
+    for line in (eval_dir / "predictions.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        gold = row["target"]["pois"]
+        pred = json.loads(row["prediction"])["pois"] if row["prediction"] is not None else None
+        g = groups.setdefault(len(gold), {"scenes": 0, "count_right": 0, "slots": 0,
+                                          **{f: 0 for f in BY_STOREFRONTS}})
+        g["scenes"] += 1
+        g["count_right"] += int(pred is not None and len(pred) == len(gold))
+        for i, poi in enumerate(gold):
+            g["slots"] += 1
+            other = pred[i] if pred is not None and i < len(pred) else None
+            for f, path in BY_STOREFRONTS.items():
+                g[f] += int(other is not None and get(other, path) == get(poi, path))
+    return {str(k): {"scenes": g["scenes"], "count_accuracy": round(g["count_right"] / g["scenes"], 4),
+                     **{f: round(g[f] / g["slots"], 4) if g["slots"] else None for f in BY_STOREFRONTS}}
+            for k, g in sorted(groups.items())}
+
+
 def headline(report: dict, eval_dir: Path | None = None) -> dict:
     """The numbers the demo is judged by, from one `evaluate_run` report: every field's accuracy with
     its 95% interval beside its majority baseline, schema validity, empty facades and chat retention."""
@@ -286,6 +322,7 @@ def headline(report: dict, eval_dir: Path | None = None) -> dict:
            "chat_perplexity_drift": chat.get("perplexity_drift")}
     if eval_dir is not None:
         out["empty_facades"] = empty_facades(eval_dir)
+        out["by_storefronts"] = by_storefronts(eval_dir)
     return out
 
 
@@ -329,6 +366,18 @@ def _metrics_table(reports: dict[str, dict]) -> str:
                                           "perplexity": "base_perplexity"}.get(key, ""), None)
         rows.append(f"<tr><td>{label}</td><td></td>{cells}<td>{_fmt(base, pct) + ' (base model)' if base is not None else ''}</td></tr>")
     return (f"<table><tr><th>field</th><th>metric</th>{head}<th>majority baseline / base model</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _storefronts_table(eval_dirs: dict[str, Path]) -> str:
+    rows = []
+    for name, d in eval_dirs.items():
+        for k, g in by_storefronts(d).items():
+            cells = "".join(f"<td>{_fmt(g[f])}</td>" for f in BY_STOREFRONTS)
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>{k}</td><td>{g['scenes']}</td>"
+                        f"<td>{_fmt(g['count_accuracy'])}</td>{cells}</tr>")
+    head = "".join(f"<th>{f.replace('_', ' ')}</th>" for f in BY_STOREFRONTS)
+    return (f"<table><tr><th>run</th><th>storefronts</th><th>scenes</th><th>count right</th>{head}</tr>"
             + "".join(rows) + "</table>")
 
 
@@ -394,6 +443,10 @@ Schema: <code>templates/poi.py</code> (StreetScene). Wall time {seconds / 60:.1f
 <p>Each field beside its majority-class baseline (always answering the most common gold value), accuracies with
 their 95% Wilson intervals; chat metrics beside the base model's before fine-tuning.</p>
 {_metrics_table(reports)}
+<h2>By number of storefronts in the scene</h2>
+<p>How often the model answered as many storefronts as the scene has, and each field over the scenes' gold
+storefronts, matched left to right.</p>
+{_storefronts_table(eval_dirs)}
 <h2>Loss curves</h2>{curve_html}
 <h2>Extracted JSON next to ground truth</h2>
 <p>Green: the whole answer equals the ground truth.</p>

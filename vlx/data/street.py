@@ -39,6 +39,8 @@ FIELDS = ("name", "category", "house_number", "street", "phone", "website", "hou
 LABELS = ("glyph", "field", "shop", "storefront")
 """The per-cell label planes of a scene: glyph id, field id, category id + 1 of the shop, and which
 storefront the cell lies on (1 the leftmost, 2 the next; 0 none)."""
+MAX_STOREFRONTS = 2
+"""The most storefronts a facade of the street world holds (`SHOP_COUNTS`: none, one or two)."""
 
 GLYPH_ID = {c: i + 1 for i, c in enumerate(GLYPHS)}
 FIELD_ID = {f: i + 1 for i, f in enumerate(FIELDS)}

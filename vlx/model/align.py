@@ -33,6 +33,13 @@ side are regressed onto the token `|` instead: each row of image tokens then rea
 `Twin  || Red`, so that where one shop's signs end and the next one's begin is a token the LLM has
 seen separate things, not a change of shade it must learn to notice.
 
+With `storefront_marker` > 0, every cell of a storefront, text or not, adds `storefront_marker` times
+the LLM's embedding of its ordinal (` first` for the leftmost storefront, ` second` for the next;
+`ORDINAL_WORDS`): the tower's storefront head is trained to know it, so the LLM can gather the
+cells of the first and the second answer by what they carry rather than by where a raster row of
+image tokens runs from one sign into the next. The answer lists storefronts left to right, so
+its n-th POI is read from the cells marked with the n-th ordinal.
+
 Images and labels come from `vlx.model.tower.draw_batch` on a stream of its own (no tower
 pre-training batch and no demo image is drawn twice); they need a tower whose patch grid is the
 street world's `GRID` x `GRID`. Only the projector's weights change.
@@ -49,7 +56,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from vlx.data.street import CATEGORY_LIST, FIELDS, GLYPHS, GRID, boundaries
+from vlx.data.street import CATEGORY_LIST, FIELDS, GLYPHS, GRID, MAX_STOREFRONTS, boundaries
 from vlx.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -81,6 +88,9 @@ def category_embeddings(tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
 
 
 SEPARATOR = "|"
+ORDINAL_WORDS = ("first", "second")
+"""The words whose embeddings mark the storefronts from the left (`storefront_marker`)."""
+assert len(ORDINAL_WORDS) == MAX_STOREFRONTS
 """The token the seam between two storefronts is aligned to (`separator`)."""
 FIELD_WORDS = {"name": "name", "category": "kind", "house_number": "number", "street": "street", "phone": "phone",
                "website": "website", "hours": "hours"}
@@ -95,6 +105,35 @@ def field_embeddings(tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(rows[:1]), rows])
 
 
+def ordinal_embeddings(tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
+    """-> (1 + MAX_STOREFRONTS, hidden): row 0 zeros (no storefront), row k the LLM's embedding of
+    `ORDINAL_WORDS[k - 1]` (the mean over its tokens)."""
+    rows = torch.stack([embeddings[tokenizer.encode(" " + w, add_special_tokens=False)].mean(0) for w in ORDINAL_WORDS])
+    return torch.cat([torch.zeros_like(rows[:1]), rows])
+
+
+class Layout:
+    """How `align_projector`'s targets are indexed: each cell's target is one index into a table of
+    text targets, `((front * n_shops + shop) * n_fields + field) * n_chars + char`, then of the other
+    targets (the category words, then the separator), `n_text + front * n_other + k`. Without a
+    marker its factor is 1 and its part 0."""
+
+    def __init__(self, n_chars: int, n_fields: int = 1, n_shops: int = 1, n_fronts: int = 1, separator: bool = False):
+        self.n_chars, self.n_fields, self.n_shops, self.n_fronts = n_chars, n_fields, n_shops, n_fronts
+        self.n_text = n_chars * n_fields * n_shops * n_fronts
+        self.n_other = len(CATEGORY_LIST) + int(separator)
+
+    def parts(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """-> (content, field, shop, front) of target indices; content indexes characters then the others."""
+        text = index < self.n_text
+        other = (index - self.n_text).clamp_min(0)
+        content = torch.where(text, index % self.n_chars, self.n_chars + other % self.n_other)
+        field = torch.where(text, (index // self.n_chars) % self.n_fields, 0)
+        shop = torch.where(text, (index // (self.n_chars * self.n_fields)) % self.n_shops, 0)
+        front = torch.where(text, index // (self.n_chars * self.n_fields * self.n_shops), other // self.n_other)
+        return content, field, shop, front
+
+
 def _features(model, pixels: torch.Tensor) -> torch.Tensor:
     """Frozen tower features at LLaVA's feature layer, CLS dropped: (B, GRID*GRID, vision hidden)."""
     layer = model.config.vision_feature_layer
@@ -105,7 +144,8 @@ def _features(model, pixels: torch.Tensor) -> torch.Tensor:
 
 def align_projector(model, processor, *, steps: int = 600, images: int = 512, batch_patches: int = 4096,
                     learning_rate: float = 3e-3, background_weight: float = 0.2, field_marker: float = 0.0,
-                    shop_marker: float = 0.0, separator: bool = False, seed: int = 0, progress: bool = True) -> dict:
+                    shop_marker: float = 0.0, separator: bool = False, storefront_marker: float = 0.0, seed: int = 0,
+                    progress: bool = True) -> dict:
     """Regress projected text patches onto their glyphs' token embeddings; returns loss statistics.
 
     The frozen tower runs once over `images` street scenes (about 15 s for 512 on 2 cores); the
@@ -126,8 +166,8 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     dtype = next(projector.parameters()).dtype
     device = next(model.parameters()).device
     table = model.get_input_embeddings().weight.detach()
-    # Targets: index f * n_chars + c is character c (0 the space, 1..len(GLYPHS) the glyphs) in text
-    # field f (0: none; only f = 0 without `field_marker`), then one word per shop category.
+    # Targets (`Layout`): character c (0 the space, 1..len(GLYPHS) the glyphs) in a text field, on a
+    # shop category and a storefront (each 0 without its marker), then one word per shop category.
     chars = table[token_ids]
     words = category_embeddings(processor.tokenizer, table)
 
@@ -138,19 +178,19 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
 
     markers = marks(field_embeddings(processor.tokenizer, table)[1:], bool(field_marker))
     shops = marks(words, bool(shop_marker))
-    n_fields, n_shops = len(markers), len(shops)
-    texts_table = (chars[None, None] + field_marker * markers[None, :, None]
-                   + shop_marker * shops[:, None, None]).flatten(0, 2)
+    fronts = marks(ordinal_embeddings(processor.tokenizer, table)[1:], bool(storefront_marker))
+    layout = Layout(len(token_ids), len(markers), len(shops), len(fronts), separator)
     seam_ids = processor.tokenizer.encode(SEPARATOR, add_special_tokens=False)
-    others = [words] + ([table[seam_ids].mean(0, keepdim=True)] if separator else [])
-    embeddings = torch.cat([texts_table] + others).to(device, dtype)
-    # What the cross-entropy ranks: characters against category words (and the separator); the field
-    # and shop markers each among their own kind (see the loop).
-    base = torch.cat([chars] + others).to(device, dtype)
-    markers, shops = markers.to(device, dtype), shops.to(device, dtype)
+    others = torch.cat([words] + ([table[seam_ids].mean(0, keepdim=True)] if separator else []))
+    texts_table = (chars[None, None, None] + field_marker * markers[None, None, :, None]
+                   + shop_marker * shops[None, :, None, None] + storefront_marker * fronts[:, None, None, None])
+    others_table = others[None] + storefront_marker * fronts[:, None]
+    embeddings = torch.cat([texts_table.flatten(0, 3), others_table.flatten(0, 1)]).to(device, dtype)
+    # What the cross-entropy ranks: characters against category words (and the separator); the field,
+    # shop and storefront markers each among their own kind (see the loop).
+    base = torch.cat([chars, others]).to(device, dtype)
+    markers, shops, fronts = (x.to(device, dtype) for x in (markers, shops, fronts))
     scale = chars.pow(2).sum(-1).mean().to(device, dtype)  # squared norm of a typical token
-    n_chars = len(token_ids)
-    n_text = len(texts_table)
 
     # Features of every patch, once: (P, vision hidden) and its target's index into `embeddings`.
     bar = Progress("projector alignment: tower features", images, every=30.0 if progress else float("inf"))
@@ -158,7 +198,7 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
     for start in range(0, images, 32):
         n = min(32, images - start)
         pixels, labels = _batch(tower_cfg, processor, start // 32, n)
-        target, text = patch_targets(labels, n_chars, n_fields, separator, n_shops)
+        target, text = patch_targets(labels, layout)
         feats.append(_features(model, pixels.to(device, dtype)).flatten(0, 1))
         targets.append(target.flatten())
         texts.append(text.flatten())
@@ -182,21 +222,22 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
         target, w = targets[pick], weight[pick]
         mse = ((projected - embeddings[target]).pow(2).sum(-1) * w).sum() / w.sum() / scale
         # The cross-entropy of picking the right target by dot product, factorised: a text target is a
-        # character plus a field marker plus a shop marker, and among the targets that share its field
-        # and shop the markers add the same to every score, so its softmax is over characters alone
-        # (here against the category words too); its field and its shop are each picked likewise.
+        # character plus a field, a shop and a storefront marker, and among the targets that share its
+        # markers they add the same to every score, so its softmax is over characters alone (here
+        # against the category words too); its field, shop and storefront are each picked likewise.
         def ce_of(logits, labels, mask):
             each = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
             return (each * w * mask).sum() / (w * mask).sum().clamp_min(1e-6)
 
-        joint = target < n_text
-        ce = ce_of(projected @ base.T, torch.where(joint, target % n_chars, n_chars + target - n_text),
-                   torch.ones_like(w))
-        if n_fields > 1:
-            ce = ce + ce_of(projected @ markers.T, (target // n_chars) % n_fields, (joint & (target > 0)).float())
-        if n_shops > 1:
-            ce = ce + ce_of(projected @ shops.T, torch.where(joint, target // (n_chars * n_fields), 0),
-                            (joint & (target > 0)).float())
+        content, field, shop, front = layout.parts(target)
+        ce = ce_of(projected @ base.T, content, torch.ones_like(w))
+        marked = ((target < layout.n_text) & (target > 0)).float()  # text cells (0: a space off any text)
+        if layout.n_fields > 1:
+            ce = ce + ce_of(projected @ markers.T, field, marked)
+        if layout.n_shops > 1:
+            ce = ce + ce_of(projected @ shops.T, shop, marked)
+        if layout.n_fronts > 1:  # every cell: off a storefront, the zero row
+            ce = ce + ce_of(projected @ fronts.T, front, torch.ones_like(w))
         loss = mse + ce
         loss.backward()
         opt.step()
@@ -205,34 +246,34 @@ def align_projector(model, processor, *, steps: int = 600, images: int = 512, ba
         losses.append(round(mse.item(), 4))
         bar.update(step + 1, f"relative error {mse.item():.3f} glyph loss {ce.item():.3f}")
     bar.done(f"relative error {losses[0]:.3f} -> {losses[-1]:.3f}")
-    held_out = held_out_accuracy(model, processor, tower_cfg, embeddings, n_chars, n_fields, separator=separator,
-                                 n_shops=n_shops)
+    held_out = held_out_accuracy(model, processor, tower_cfg, embeddings, layout)
     return {"steps": steps, "images": images, "field_marker": field_marker, "shop_marker": shop_marker,
-            "separator": separator,
+            "separator": separator, "storefront_marker": storefront_marker,
             "text_patches": int(texts.sum()),
             "first_loss": losses[0],
             "last_loss": losses[-1], "loss": losses, **held_out}
 
 
-def patch_targets(labels: np.ndarray, n_chars: int, n_fields: int = 1, separator: bool = False, n_shops: int = 1
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each cell's target index into `align_projector`'s table, and whether it weighs fully -> two (B, GRID*GRID).
+def patch_targets(labels: np.ndarray, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cell's target index into `align_projector`'s table (`Layout`), and whether it weighs fully -> two (B, GRID*GRID).
 
-    The table: `(shop * n_fields + field) * n_chars + char` for the characters (0 the space; `field` 0
-    unless `n_fields` > 1, `shop`, the category + 1 of the storefront the text is on, 0 unless `n_shops` > 1),
-    then one row per shop category, then (with `separator`) the separator. A glyph, or a space between
-    the words of a text, targets its character (in its field); a text-free cell on a storefront its
-    category's word, elsewhere the space; a text-free cell at the seam of two storefronts the
-    separator. Text and seam cells weigh fully, the rest `background_weight`.
+    A glyph, or a space between the words of a text, targets its character (in its field, on its
+    shop's category and its storefront, for the markers `layout` has); a text-free cell on a
+    storefront its category's word, elsewhere the space; a text-free cell at the seam of two
+    storefronts (with a separator) the separator. Text and seam cells weigh fully, the rest
+    `background_weight`.
     """
-    glyph, field, shop = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(3))
-    n_text = n_chars * n_fields * n_shops
+    glyph, field, shop, front = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(4))
+    L = layout
+    front = front if L.n_fronts > 1 else torch.zeros_like(front)
     text = (glyph > 0) | (field > 0)
-    marked = glyph + (field * n_chars if n_fields > 1 else 0) + (shop * n_fields * n_chars if n_shops > 1 else 0)
-    target = torch.where(text, marked, torch.where(shop > 0, n_text - 1 + shop, 0))
-    if separator:
+    marked = glyph + (field * L.n_chars if L.n_fields > 1 else 0) + (shop * L.n_fields * L.n_chars if L.n_shops > 1 else 0)
+    marked = marked + front * (L.n_chars * L.n_fields * L.n_shops)
+    other = L.n_text + front * L.n_other
+    target = torch.where(text, marked, torch.where(shop > 0, other + shop - 1, 0))
+    if L.n_other > len(CATEGORY_LIST):
         seam = torch.from_numpy(boundaries(labels[:, 3])).flatten(1) & ~text
-        target = torch.where(seam, n_text + len(CATEGORY_LIST), target)
+        target = torch.where(seam, other + len(CATEGORY_LIST), target)
         text = text | seam  # full weight: the seam is what tells two shops apart
     return target, text
 
@@ -247,40 +288,42 @@ def _batch(tower_cfg, processor, step: int, n: int, stream: int = ALIGN_STREAM, 
 
 
 @torch.no_grad()
-def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, n_chars: int, n_fields: int = 1,
-                      n: int = 32, separator: bool = False, n_shops: int = 1) -> dict:
+def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, layout: Layout, n: int = 32) -> dict:
     """What the LLM receives, on held-out scenes: the share of glyph patches whose projected vector is
     nearest (cosine, among every target of `align_projector`) to its own glyph's token (in any field),
-    of those nearest to their own field's marker too (with field markers) and their storefront's category
-    (with shop markers), of shop patches without text nearest to their shop category's word, and (with
-    `separator`) of seam cells nearest to `|`. The targets are `patch_targets`', as in training."""
+    of those nearest to their own field's marker too (with field markers) and their storefront's
+    category (with shop markers), of shop patches without text nearest to their shop category's
+    word, with `separator` of seam cells nearest to `|`, and with storefront markers of storefront
+    cells nearest to a target of their own storefront (`_two`: on facades with two). The targets are
+    `patch_targets`', as in training."""
     pixels, labels = _batch(tower_cfg, processor, 0, n, stream=ALIGN_STREAM + 1, sheets=False)
     projector = model.model.multi_modal_projector
     device = next(model.parameters()).device
     projected = projector(_features(model, pixels.to(device, dtype=next(projector.parameters()).dtype))).float().cpu()
     nearest = (torch.nn.functional.normalize(projected, dim=-1)
                @ torch.nn.functional.normalize(embeddings.float().cpu(), dim=-1).T).argmax(-1)
-    target, _ = patch_targets(labels, n_chars, n_fields, separator, n_shops)
-    glyph, field = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(2))
-    n_text = n_chars * n_fields * n_shops
-    is_text = (nearest < n_text) & (glyph > 0)
+    target, _ = patch_targets(labels, layout)
+    glyph, field, _, front = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(4))
+    got, want = layout.parts(nearest), layout.parts(target)
+    is_text = (nearest < layout.n_text) & (glyph > 0)
 
     def share(right: torch.Tensor, cells: torch.Tensor) -> float:
         return round(right[cells].float().mean().item(), 4)
 
-    def part(x: torch.Tensor, k: int) -> torch.Tensor:  # 0 char, 1 field, 2 shop of a text index
-        return (x % n_chars, (x // n_chars) % n_fields, x // (n_chars * n_fields))[k]
-
-    free = (glyph == 0) & (field == 0) & (target >= n_text)  # text-free cells with a word or `|` to land on
-    seam = target == n_text + len(CATEGORY_LIST) if separator else torch.zeros_like(free)
-    stats = {"held_out_glyph_accuracy": share(is_text & (part(nearest, 0) == glyph), glyph > 0),
-             "held_out_category_accuracy": share(nearest == target, free & ~seam)}
-    if separator:
-        stats["held_out_separator_accuracy"] = share(nearest == target, seam)
-    if n_shops > 1:
-        stats["held_out_shop_marker_accuracy"] = share(is_text & (part(nearest, 2) == part(target, 2)), glyph > 0)
-    if n_fields > 1:
-        stats["held_out_field_accuracy"] = share(is_text & (part(nearest, 1) == field), glyph > 0)
+    free = (glyph == 0) & (field == 0) & (target >= layout.n_text)  # text-free cells with a word or `|` to land on
+    seam = (want[0] == layout.n_chars + len(CATEGORY_LIST)) & free
+    stats = {"held_out_glyph_accuracy": share(is_text & (got[0] == glyph), glyph > 0),
+             "held_out_category_accuracy": share(got[0] == want[0], free & ~seam)}
+    if layout.n_other > len(CATEGORY_LIST):
+        stats["held_out_separator_accuracy"] = share(got[0] == want[0], seam)
+    if layout.n_shops > 1:
+        stats["held_out_shop_marker_accuracy"] = share(is_text & (got[2] == want[2]), glyph > 0)
+    if layout.n_fields > 1:
+        stats["held_out_field_accuracy"] = share(is_text & (got[1] == field), glyph > 0)
+    if layout.n_fronts > 1:
+        two = (front.max(-1, keepdim=True).values == 2) & (front > 0)
+        stats["held_out_storefront_accuracy"] = share(got[3] == front, front > 0)
+        stats["held_out_storefront_accuracy_two"] = share(got[3] == front, two)
     return stats
 
 
