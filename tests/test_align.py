@@ -87,15 +87,15 @@ def test_every_cell_targets_its_glyph_field_shop_word_or_the_seam():
     plain, _ = patch_targets(labels[None], Layout(n_chars))  # no markers, no separator
     assert (plain.view(16, 16)[7:9, 1:13] < n_chars + len(CATEGORY_LIST)).all()
     assert plain.view(16, 16)[r, c] == n_chars - 1 + shop[r, c]
-    # Storefront markers: the left shop's cells carry ordinal 1, the right one's 2, text or not.
-    layout = Layout(n_chars, n_fields, n_fronts=3, separator=True)
+    # Storefront markers: the right shop's cells carry a marker, text or not; the left shop's none.
+    layout = Layout(n_chars, n_fields, n_fronts=2, separator=True)
     fronted, _ = patch_targets(labels[None], layout)
     content, fld, _, front = (x.view(16, 16) for x in layout.parts(fronted))
-    assert front[10, 3] == 1 and front[10, 12] == 2 and front[14, 0] == 0 and front[0, 0] == 0
+    assert front[10, 3] == 0 and front[10, 12] == 1 and front[14, 0] == 0 and front[0, 0] == 0
     assert content[10, 3] == n_chars + shop[10, 3] - 1 and fld[10, 3] == 0
     r, c = np.argwhere(field == FIELD_ID["name"])[-1]  # on the right shop's sign
-    assert front[r, c] == 2 and content[r, c] == glyph[r, c] and fld[r, c] == FIELD_ID["name"]
-    assert all(content[r, c] == n_chars + len(CATEGORY_LIST) and front[r, c] == 1 + (c == 8) for r, c in seam)
+    assert front[r, c] == 1 and content[r, c] == glyph[r, c] and fld[r, c] == FIELD_ID["name"]
+    assert all(content[r, c] == n_chars + len(CATEGORY_LIST) and front[r, c] == (c == 8) for r, c in seam)
 
 
 def test_glyph_tokens_are_single_characters():
@@ -151,6 +151,6 @@ def test_storefront_ordinals_are_the_llm_embeddings_of_their_words():
     model, processor = build_llava(ModelConfig(preset="tiny"))
     table = model.get_input_embeddings().weight.detach()
     fronts = ordinal_embeddings(processor.tokenizer, table)
-    assert fronts.shape == (1 + MAX_STOREFRONTS, table.shape[1]) and not fronts[0].any()
-    ids = processor.tokenizer.encode(" " + ORDINAL_WORDS[1], add_special_tokens=False)
-    assert torch.allclose(fronts[2], table[ids].mean(0)) and not torch.allclose(fronts[1], fronts[2])
+    assert fronts.shape == (MAX_STOREFRONTS, table.shape[1]) and not fronts[0].any()
+    ids = processor.tokenizer.encode(" " + ORDINAL_WORDS[0], add_special_tokens=False)
+    assert torch.allclose(fronts[1], table[ids].mean(0))

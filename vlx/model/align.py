@@ -33,12 +33,14 @@ side are regressed onto the token `|` instead: each row of image tokens then rea
 `Twin  || Red`, so that where one shop's signs end and the next one's begin is a token the LLM has
 seen separate things, not a change of shade it must learn to notice.
 
-With `storefront_marker` > 0, every cell of a storefront, text or not, adds `storefront_marker` times
-the LLM's embedding of its ordinal (` first` for the leftmost storefront, ` second` for the next;
-`ORDINAL_WORDS`): the tower's storefront head is trained to know it, so the LLM can gather the
-cells of the first and the second answer by what they carry rather than by where a raster row of
-image tokens runs from one sign into the next. The answer lists storefronts left to right, so
-its n-th POI is read from the cells marked with the n-th ordinal.
+With `storefront_marker` > 0, every cell of a storefront after the leftmost, text or not, adds
+`storefront_marker` times the LLM's embedding of its ordinal (` second`; `ORDINAL_WORDS`): the
+tower's storefront head is trained to know it, so the LLM can tell the cells of the first and the
+second answer apart by what they carry rather than by where a raster row of image tokens runs from
+one sign into the next, and a facade with a second storefront from one without by whether any
+cell says so. The leftmost storefront is left unmarked: marked ` first`, a single shop's cells
+read as the first of several to the LLM, which then wrote a second, invented storefront for 86%
+of single-shop test scenes (against 32% without markers).
 
 Images and labels come from `vlx.model.tower.draw_batch` on a stream of its own (no tower
 pre-training batch and no demo image is drawn twice); they need a tower whose patch grid is the
@@ -88,10 +90,9 @@ def category_embeddings(tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
 
 
 SEPARATOR = "|"
-ORDINAL_WORDS = ("first", "second")
-"""The words whose embeddings mark the storefronts from the left (`storefront_marker`)."""
-assert len(ORDINAL_WORDS) == MAX_STOREFRONTS
 """The token the seam between two storefronts is aligned to (`separator`)."""
+ORDINAL_WORDS = ("second",)
+"""The words whose embeddings mark the storefronts after the leftmost (`storefront_marker`)."""
 FIELD_WORDS = {"name": "name", "category": "kind", "house_number": "number", "street": "street", "phone": "phone",
                "website": "website", "hours": "hours"}
 """The word whose embedding marks each text field (`field_marker`); `category` is the awning's word."""
@@ -106,8 +107,10 @@ def field_embeddings(tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
 
 
 def ordinal_embeddings(tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
-    """-> (1 + MAX_STOREFRONTS, hidden): row 0 zeros (no storefront), row k the LLM's embedding of
-    `ORDINAL_WORDS[k - 1]` (the mean over its tokens)."""
+    """-> (MAX_STOREFRONTS, hidden): row 0 zeros (no storefront, or the leftmost), row k the LLM's
+    embedding of `ORDINAL_WORDS[k - 1]` (the mean over its tokens), storefront k + 1's marker."""
+    if len(ORDINAL_WORDS) != MAX_STOREFRONTS - 1:
+        raise ValueError(f"ORDINAL_WORDS has {len(ORDINAL_WORDS)} words for {MAX_STOREFRONTS - 1} storefronts after the first")
     rows = torch.stack([embeddings[tokenizer.encode(" " + w, add_special_tokens=False)].mean(0) for w in ORDINAL_WORDS])
     return torch.cat([torch.zeros_like(rows[:1]), rows])
 
@@ -265,7 +268,7 @@ def patch_targets(labels: np.ndarray, layout: Layout) -> tuple[torch.Tensor, tor
     """
     glyph, field, shop, front = (torch.from_numpy(labels[:, k]).flatten(1).long() for k in range(4))
     L = layout
-    front = front if L.n_fronts > 1 else torch.zeros_like(front)
+    front = (front - 1).clamp_min(0) if L.n_fronts > 1 else torch.zeros_like(front)  # the leftmost unmarked
     text = (glyph > 0) | (field > 0)
     marked = glyph + (field * L.n_chars if L.n_fields > 1 else 0) + (shop * L.n_fields * L.n_chars if L.n_shops > 1 else 0)
     marked = marked + front * (L.n_chars * L.n_fields * L.n_shops)
@@ -322,8 +325,8 @@ def held_out_accuracy(model, processor, tower_cfg, embeddings: torch.Tensor, lay
         stats["held_out_field_accuracy"] = share(is_text & (got[1] == field), glyph > 0)
     if layout.n_fronts > 1:
         two = (front.max(-1, keepdim=True).values == 2) & (front > 0)
-        stats["held_out_storefront_accuracy"] = share(got[3] == front, front > 0)
-        stats["held_out_storefront_accuracy_two"] = share(got[3] == front, two)
+        stats["held_out_storefront_accuracy"] = share(got[3] == want[3], front > 0)
+        stats["held_out_storefront_accuracy_two"] = share(got[3] == want[3], two)
     return stats
 
 
