@@ -253,13 +253,13 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
 
 
-def empty_facades(eval_dir: Path) -> dict:
-    """Test scenes without a shop, and the share of them answered with no POI."""
-    rows = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines() if line.strip()]
-    empty = [r for r in rows if not r["target"]["pois"]]
-    right = sum(1 for r in empty if r["prediction"] is not None and not json.loads(r["prediction"])["pois"])
-    return {"n": len(empty), "answered_none": right / len(empty) if empty else None,
-            "ci95": wilson(right, len(empty)) if empty else None}
+def empty_facades(groups: dict[str, dict]) -> dict:
+    """Test scenes without a shop, and the share of them answered with no POI, from `by_storefronts`."""
+    g = groups.get("0")
+    if not g:
+        return {"n": 0, "answered_none": None, "ci95": None}
+    right = round(g["count_accuracy"] * g["scenes"])
+    return {"n": g["scenes"], "answered_none": right / g["scenes"], "ci95": wilson(right, g["scenes"])}
 
 
 BY_STOREFRONTS = {"name": ("name",), "category": ("category",), "house_number": ("address", "house_number")}
@@ -321,8 +321,8 @@ def headline(report: dict, eval_dir: Path | None = None) -> dict:
            "chat_json_leak_rate": chat.get("json_leak_rate"),
            "chat_perplexity_drift": chat.get("perplexity_drift")}
     if eval_dir is not None:
-        out["empty_facades"] = empty_facades(eval_dir)
         out["by_storefronts"] = by_storefronts(eval_dir)
+        out["empty_facades"] = empty_facades(out["by_storefronts"])
     return out
 
 

@@ -35,7 +35,7 @@ from vlx.model.build import build_llava, load_llava, resolve
 from vlx.plot import plot_metrics
 from vlx.run import RunInfo
 from vlx.train import tracking
-from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, image_stand_in, trainable_summary
+from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, trainable_summary
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def train_base(model_cfg: ModelConfig, data_cfg: DataConfig, stage_cfgs: dict[st
                            if data_cfg.packing else Collator(processor.tokenizer.pad_token_id, supervised_logits=True)),
             compute_loss_func=supervised_loss,
             projector_lr=cfg.projector_lr,
-            stand_in=image_stand_in(processor),
+            processor=processor,
             modality_lengths=dataset.lengths if data_cfg.group_by_modality_length else None,
             callbacks=[MetricsLogger(out / "metrics.jsonl", STAGES[s]), ProgressLines(f"train-base stage {s}")],
         )

@@ -45,7 +45,7 @@ from vlx.schema import check_supported, format_prompt, json_schema, load_schema,
 from vlx.train import tracking
 from vlx.train.base import training_args
 from vlx.data.packing import PackingCollator, mrope_index, packs_into_one_row, supervised_loss
-from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, image_stand_in, trainable_summary
+from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, trainable_summary
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
                        Collator(processor.tokenizer.pad_token_id, sources=SOURCES, supervised_logits=True)),
         compute_loss_func=supervised_loss,
         projector_lr=train_cfg.projector_lr,
-        stand_in=image_stand_in(processor),
+        processor=processor,
         modality_lengths=dataset.lengths,
         source_names=SOURCES,
         callbacks=[MetricsLogger(out / "metrics.jsonl", "finetune"), ProgressLines("finetune"),

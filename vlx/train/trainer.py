@@ -97,10 +97,12 @@ def stand_in_term(model, stand_in: dict, device, *, cached: bool = False) -> tor
 
 class LlavaTrainer(Trainer):
     def __init__(self, *args, projector_lr: float | None = None, modality_lengths: list[int] | None = None,
-                 source_names: tuple[str, ...] | None = None, stand_in: dict | None = None, **kwargs):
-        """`stand_in`: `image_stand_in(processor)`, run on text-only batches when several processes train."""
+                 source_names: tuple[str, ...] | None = None, processor=None, **kwargs):
+        """`processor`: the run's, for the stand-in image of text-only batches when several processes
+        train (`image_stand_in`, built at the first such batch)."""
         self.projector_lr = projector_lr
-        self.stand_in = stand_in
+        self.processor = processor
+        self._stand_in: dict | None = None
         self.modality_lengths = modality_lengths
         self.source_names = source_names
         self._source_loss = torch.zeros(len(source_names or ()), dtype=torch.float64)
@@ -124,15 +126,14 @@ class LlavaTrainer(Trainer):
         labels, kept = inputs.get("labels"), inputs.get("logits_to_keep")  # the Trainer may pop the labels
         text_only = not any(k in inputs for k in IMAGE_KEYS)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if text_only and model.training and self.stand_in is not None and self.args.world_size > 1:
-            loss = loss + self._stand_in_term(model)
+        if text_only and model.training and self.processor is not None and self.args.world_size > 1:
+            if self._stand_in is None:
+                self._stand_in = image_stand_in(self.processor)
+            loss = loss + stand_in_term(self.accelerator.unwrap_model(model), self._stand_in, self.args.device,
+                                        cached=isinstance(self.train_dataset, CachedFeatureDataset))
         if source_ids is not None and model.training:
             self._track_source_loss(outputs.logits, labels, source_ids, kept)
         return (loss, outputs) if return_outputs else loss
-
-    def _stand_in_term(self, model) -> torch.Tensor:
-        return stand_in_term(self.accelerator.unwrap_model(model), self.stand_in, self.args.device,
-                             cached=isinstance(self.train_dataset, CachedFeatureDataset))
 
     @torch.no_grad()
     def _track_source_loss(self, logits, labels, source_ids, kept=None) -> None:
