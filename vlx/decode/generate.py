@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessorList
 
+from vlx.decode.cache import decoding_cache
 from vlx.model.llava import IMAGE_TOKEN
 
 
@@ -123,8 +124,10 @@ def generate(
             for p in processors:
                 if hasattr(p, "reset"):
                     p.reset()
+            cache = decoding_cache(model)
             ids = model.generate(
                 **enc,
+                **({"cache": cache} if cache is not None else {}),
                 max_new_tokens=max_new_tokens,
                 logits_processor=LogitsProcessorList(processors) if processors else None,
                 pad_token_id=processor.tokenizer.pad_token_id,
