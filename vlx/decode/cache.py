@@ -21,17 +21,16 @@ class GrowingLayer(DynamicLayer):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._views: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        new = key_states.shape[-2]
-        if not self._owns_views():
-            # First call, or `crop` / `batch_select_indices` / beam reordering replaced the tensors.
-            self._adopt(self.keys, self.values, key_states, value_states, extra=new)
-        n = self.keys.shape[-2] if self.keys.numel() else 0
-        if n + new > self._buffers[0].shape[-2]:
-            self._adopt(self.keys, self.values, key_states, value_states, extra=new)
+        n, new = self.get_seq_length(), key_states.shape[-2]
+        # `crop`, `batch_select_indices` and beam reordering replace the views: adopt what they left.
+        owned = self._views is not None and self._views[0] is self.keys and self._views[1] is self.values
+        if not owned or n + new > self._buffers[0].shape[-2]:
+            self._grow(key_states, value_states, n, capacity=2 * (n + new) + 64)
         kb, vb = self._buffers
         kb[..., n:n + new, :] = key_states
         vb[..., n:n + new, :] = value_states
@@ -39,23 +38,14 @@ class GrowingLayer(DynamicLayer):
         self._views = (self.keys, self.values)
         return self.keys, self.values
 
-    def _owns_views(self) -> bool:
-        views = getattr(self, "_views", None)
-        return self._buffers is not None and views is not None and views[0] is self.keys and views[1] is self.values
-
-    def _adopt(self, keys, values, key_states, value_states, *, extra: int) -> None:
-        """New buffers, twice what is needed, holding the current states."""
-        n = keys.shape[-2] if keys.numel() else 0
-        capacity = 2 * (n + extra) + 64
-        shape = tuple(key_states.shape[:-2])
-        kb = key_states.new_empty(shape + (capacity, key_states.shape[-1]))
+    def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, n: int, *, capacity: int) -> None:
+        """New buffers of `capacity` positions holding the `n` cached ones."""
+        kb = key_states.new_empty(tuple(key_states.shape[:-2]) + (capacity, key_states.shape[-1]))
         vb = value_states.new_empty(tuple(value_states.shape[:-2]) + (capacity, value_states.shape[-1]))
         if n:
-            kb[..., :n, :] = keys
-            vb[..., :n, :] = values
+            kb[..., :n, :] = self.keys
+            vb[..., :n, :] = self.values
         self._buffers = (kb, vb)
-        self.keys, self.values = kb[..., :n, :], vb[..., :n, :]
-        self._views = (self.keys, self.values)
 
 
 def decoding_cache(model) -> DynamicCache | None:
