@@ -275,3 +275,32 @@ def test_frozen_weights_kept_in_bf16_give_the_same_loss_and_gradients_as_autocas
     assert grads_a.keys() == grads_b.keys() and any(g.abs().sum() > 0 for n, g in grads_a.items() if "lora_A" in n)
     for n in grads_a:
         assert torch.equal(grads_a[n], grads_b[n]), n
+
+
+def test_decision_weight_raises_the_objective_not_the_token_losses(ft_run, colour_data, tmp_path):
+    """`--decision-weight 5`: the same first batch, a larger objective (its branching tokens count 5 times),
+    the same plain per-source losses (logged unweighted), and the weight recorded in the run's config."""
+    import yaml
+
+    root, plain, _ = ft_run
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(root / "base"),
+                                 "--data", str(root / "rows.jsonl"), "--out", str(tmp_path / "weighted"),
+                                 "--chat-data", str(colour_data / "instruct.json"), "--chat-ratio", "0.5",
+                                 "--max-steps", "3", "--val-fraction", "0.25", "--decision-weight", "5"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    first = {}
+    for name, run in (("plain", plain), ("weighted", tmp_path / "weighted")):
+        first[name] = next(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                           if "loss" in json.loads(line))
+    assert first["weighted"]["loss"] > 1.2 * first["plain"]["loss"], first
+    for key in ("loss_extraction", "loss_chat"):
+        assert first["weighted"][key] == pytest.approx(first["plain"][key], rel=1e-4), (key, first)
+    assert yaml.safe_load((tmp_path / "weighted" / "config.yaml").read_text())["data"]["decision_weight"] == 5.0
+
+
+def test_decision_weight_must_be_positive(base_and_rows, tmp_path):
+    root = base_and_rows
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(root / "base"),
+                                 "--data", str(root / "rows.jsonl"), "--out", str(tmp_path / "r"),
+                                 "--decision-weight", "0"])
+    assert result.exit_code != 0 and "--decision-weight 0" in result.output, result.output

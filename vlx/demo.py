@@ -93,6 +93,8 @@ class DemoConfig:
     """The fine-tune's derived format prompt (`FinetuneDataConfig.prompt_style`)."""
     spell_fields: tuple[str, ...] = ()
     """Target string values spelled a character per token (`FinetuneDataConfig.spell_fields`)."""
+    decision_weight: float = 1.0
+    """Loss weight of the answers' branching tokens (`FinetuneDataConfig.decision_weight`)."""
 
 
 QUICK = DemoConfig(
@@ -215,7 +217,7 @@ def tune(cfg: DemoConfig, base: Path, paths: dict[str, Path], out: Path, *, abla
                                   val_max=cfg.val_max, chat_data=str(paths["chat"]),
                                   chat_ratio=0.0 if ablation else cfg.chat_ratio,
                                   format_prompt="" if ablation else None, prompt_style=cfg.prompt_style,
-                                  spell_fields=cfg.spell_fields)
+                                  spell_fields=cfg.spell_fields, decision_weight=cfg.decision_weight)
     train_cfg = merge(TrainConfig, get_preset(cfg.preset).finetune, cfg.finetune)
     return finetune(base, POI_SCHEMA, data_cfg, train_cfg, LoraConfig(**cfg.lora),
                     out / ("ablation" if ablation else "finetune"))

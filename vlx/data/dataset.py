@@ -29,6 +29,8 @@ class Example:
     image: Any  # path, PIL image, or None
     origin: str
     source: str
+    weights: list[float] | None = None
+    """Per-position loss weights (`vlx.data.decisions`); None: every supervised token counts once."""
 
     @property
     def has_image(self) -> bool:
@@ -127,6 +129,8 @@ class LlavaDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
         item = {"input_ids": ex.input_ids, "labels": ex.labels, "pixel_values": None, "source": ex.source}
+        if ex.weights is not None:
+            item["weights"] = ex.weights
         if ex.has_image:
             img = open_image(ex.image, origin=ex.origin)
             # (3, S, S): pad-to-square / resize / normalise as stored in the processor.
@@ -196,6 +200,11 @@ class Collator:
             out["vision_features"] = torch.stack(features)  # (n_images, tokens, width)
         if self.sources is not None:
             out["source_ids"] = torch.tensor([self.sources.index(b["source"]) for b in batch])
+        if any("weights" in b for b in batch):  # decision tokens (`vlx.data.decisions`); 1 for rows without
+            out["label_weights"] = torch.ones((len(batch), width))
+            for i, b in enumerate(batch):
+                if "weights" in b:
+                    out["label_weights"][i, :len(b["weights"])] = torch.tensor(b["weights"])
         if self.supervised_logits:
             from vlx.data.packing import supervised_positions
 

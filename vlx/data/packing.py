@@ -127,6 +127,8 @@ class PackingCollator:
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
         source_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        weighted = any("weights" in b for b in batch)
+        label_weights = torch.ones((len(rows), width)) if weighted else None
         pixels, features, processed = [], [], []
         token_keys = sorted({k for b in batch for k in b.get("token_inputs", {})})
         token_inputs = {k: torch.zeros((len(rows), width), dtype=torch.long) for k in token_keys}
@@ -138,6 +140,8 @@ class PackingCollator:
                 n = len(b["input_ids"])
                 input_ids[r, start:start + n] = torch.tensor(b["input_ids"])
                 labels[r, start + 1:start + n] = torch.tensor(b["labels"][1:])  # nothing predicted across samples
+                if weighted and "weights" in b:
+                    label_weights[r, start:start + n] = torch.tensor(b["weights"])
                 position_ids[r, start:start + n] = torch.arange(n)
                 for k in token_keys:
                     if k in b.get("token_inputs", {}):
@@ -172,6 +176,8 @@ class PackingCollator:
             out["vision_features"] = torch.stack(features)  # (n_images, tokens, width), in packed order
         if self.sources is not None:
             out["source_ids"] = source_ids  # (rows, L): per token, since a row holds several samples
+        if weighted:
+            out["label_weights"] = label_weights
         if self.supervised_logits:
             out["logits_to_keep"] = supervised_positions(labels)
         return out
@@ -183,16 +189,24 @@ def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=labels.device)
 
 
-def supervised_loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+def supervised_loss(outputs, labels: torch.Tensor, num_items_in_batch=None,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
     """Causal-LM cross-entropy from logits kept at `supervised_positions(labels)` only.
 
     Same reduction as transformers' `ForCausalLMLoss`: a sum over supervised tokens divided by
     `num_items_in_batch` (the whole accumulated batch's count) when given, else their mean.
+    `weights` (rows, L), aligned with `labels`: each token's loss is multiplied by its weight before the
+    sum, the divisor stays the token count (`vlx.data.decisions`: decision tokens count more).
     """
     keep = supervised_positions(labels)
     target = labels[:, 1:][:, keep].to(outputs.logits.device)  # (rows, kept)
-    loss = F.cross_entropy(outputs.logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+    if weights is None:
+        loss = F.cross_entropy(outputs.logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="sum")
+    else:
+        per_token = F.cross_entropy(outputs.logits.float().flatten(0, 1), target.flatten(),
+                                    ignore_index=IGNORE_INDEX, reduction="none")
+        loss = (per_token * weights[:, 1:][:, keep].to(per_token.device).flatten()).sum()
     if num_items_in_batch is None:
         return loss / (target != IGNORE_INDEX).sum()
     if isinstance(num_items_in_batch, torch.Tensor):

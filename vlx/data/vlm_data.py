@@ -70,6 +70,8 @@ class VlmExample:
     image_special: bool = False
     """Whether that segment was encoded with the tokenizer's special tokens (`adds_special_tokens`); the
     per-batch re-run does the same (InstructBLIP's Q-Former text takes them too)."""
+    weights: list[float] | None = None
+    """Per-position loss weights (`vlx.data.decisions`); None: every supervised token counts once."""
 
     @property
     def has_image(self) -> bool:
@@ -257,6 +259,8 @@ class VlmDataset(LlavaDataset):
     def __getitem__(self, i: int) -> dict:
         ex = self.examples[i]
         item = {"input_ids": ex.input_ids, "labels": ex.labels, "pixel_values": None, "source": ex.source}
+        if ex.weights is not None:
+            item["weights"] = ex.weights
         if ex.has_image:
             img = open_image(ex.image, origin=ex.origin)
             enc = self.processor(text=[ex.image_text], images=[img], return_tensors="pt",

@@ -30,6 +30,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from vlx.config import ConfigError, FinetuneDataConfig, LoraConfig, TrainConfig, to_dict
 from vlx.data.dataset import Collator, LlavaDataset, report_problems
+from vlx.data.decisions import decision_weights
 from vlx.data.formats import DataError, Row, load_rows
 from vlx.data.samples import SampleEncoder
 from vlx.data.vlm_data import VlmDataset
@@ -128,6 +129,21 @@ def _extraction_rows(report, fmt: str) -> list[Row]:
                         conversations=[{"from": "human", "value": f"{IMAGE_TOKEN}\n{question}"},
                                        {"from": "gpt", "value": r.text}]))
     return rows
+
+
+def weigh_decisions(examples: list, rows: list[Row], tokenizer, weight: float) -> None:
+    """Give the extraction examples' decision tokens (`vlx.data.decisions`) loss weight `weight`;
+    chat rows keep plain cross-entropy. `examples` are `rows` encoded, in order."""
+    for ex, row in zip(examples, rows, strict=True):
+        if row.source != "extraction":
+            continue
+        if ex.origin != row.origin:
+            raise RuntimeError(f"example {ex.origin} out of step with row {row.origin}")
+        answer = row.conversations[-1]["value"]
+        try:
+            ex.weights = decision_weights(tokenizer, ex.input_ids, ex.labels, answer, weight)
+        except ValueError as e:
+            raise DataError(f"{row.origin}: cannot place the decision weights: {e}") from None
 
 
 def _chat_rows(cfg: FinetuneDataConfig, n_extraction: int, out: Path, seed: int, *,
@@ -293,6 +309,8 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
         raise DataError(report_problems(problems, what="fine-tuning data") +
                         f"\n(max_length={max_length} from the base run; the format prompt is "
                         f"{len(processor.tokenizer(fmt)['input_ids'])} tokens)")
+    if data_cfg.decision_weight != 1:
+        weigh_decisions(examples, rows, processor.tokenizer, data_cfg.decision_weight)
     dataset = (VlmDataset(examples, processor) if family.inputs == "processor"
                else LlavaDataset(examples, processor.image_processor))
     log.info("%d extraction rows, %d chat rows, %d held out", len(train_rows),

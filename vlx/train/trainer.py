@@ -26,6 +26,7 @@ needs, and this subclass adds:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -123,9 +124,19 @@ class LlavaTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         source_ids = inputs.pop("source_ids", None)
+        weights = inputs.pop("label_weights", None)  # decision tokens (`vlx.data.decisions`)
         labels, kept = inputs.get("labels"), inputs.get("logits_to_keep")  # the Trainer may pop the labels
         text_only = not any(k in inputs for k in IMAGE_KEYS)
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        loss_func = self.compute_loss_func
+        if weights is not None:
+            if loss_func is None:
+                raise ValueError("per-token loss weights need compute_loss_func=vlx.data.packing.supervised_loss")
+            self.compute_loss_func = functools.partial(loss_func, weights=weights)
+        try:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+        finally:
+            self.compute_loss_func = loss_func
         if text_only and model.training and self.processor is not None and self.args.world_size > 1:
             if self._stand_in is None:
                 self._stand_in = image_stand_in(self.processor)

@@ -1,0 +1,119 @@
+"""Decision tokens: where a schema answer branches, weighted in the fine-tune's loss.
+
+A canonical JSON answer is mostly copying (a name, a number, read off the image) and forced
+structure (keys, quotes, braces the grammar would write anyway). A few tokens are choices the model
+makes once per field: whether a nullable value is there at all (`"phone":null` or `"phone":"0..."`),
+whether a list has another element (`},{` or `}]`), whether it is empty (`[]` or `[{`), `true` or
+`false`. Averaged with the copy tokens they are a sliver of the loss, and a small fine-tune learns
+to copy long before it learns when: on the demo's street scenes every street and phone came out
+`null` until these tokens were weighted (bench/RESULTS.md).
+
+    >>> decision_offsets('{"a":null,"b":[1,2]}')   # {, n, [, 1, ",", 2, ]
+    [0, 5, 14, 15, 16, 17, 18]
+
+    weights = decision_weights(tokenizer, input_ids, labels, answer, weight=5.0)
+
+`decision_offsets` finds the characters where each value starts, where each list's first element
+(or its end) starts and where each element is followed by `,` or `]`; `decision_weights` gives the
+supervised tokens that hold one of them `weight`, and the token before when one of them opens a
+token (the choice was made where that token stopped: `":` then `null`, against `":"` then a
+string), and every other position 1. Weighting a forced token costs nothing: its loss is near 0.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vlx.data.templates import IGNORE_INDEX
+
+_LITERAL = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null")
+
+
+def decision_offsets(text: str) -> list[int]:
+    """Character offsets in a compact JSON text (`canonical_json`) at which the answer branches: the
+    first character of every object member's value and list element, and the `,` or `]` after each
+    list element. Raises `ValueError` on text that is not compact JSON."""
+    offsets: list[int] = []
+
+    def value(i: int) -> int:
+        offsets.append(i)
+        c = text[i]
+        if c == "{":
+            i += 1
+            if text[i] == "}":
+                return i + 1
+            while True:
+                i = string(i)
+                if text[i] != ":":
+                    raise ValueError(f"expected ':' at {i} of {text!r}")
+                i = value(i + 1)
+                if text[i] == "}":
+                    return i + 1
+                if text[i] != ",":
+                    raise ValueError(f"expected ',' or '}}' at {i} of {text!r}")
+                i += 1
+        if c == "[":
+            i += 1
+            if text[i] == "]":
+                offsets.append(i)
+                return i + 1
+            while True:
+                i = value(i)
+                offsets.append(i)
+                if text[i] == "]":
+                    return i + 1
+                if text[i] != ",":
+                    raise ValueError(f"expected ',' or ']' at {i} of {text!r}")
+                i += 1
+        if c == '"':
+            return string(i)
+        literal = _LITERAL.match(text, i)
+        if literal is None:
+            raise ValueError(f"expected a value at {i} of {text!r}")
+        return literal.end()
+
+    def string(i: int) -> int:
+        if text[i] != '"':
+            raise ValueError(f"expected '\"' at {i} of {text!r}")
+        i += 1
+        while text[i] != '"':
+            i += 2 if text[i] == "\\" else 1
+        return i + 1
+
+    try:
+        end = value(0)
+    except IndexError:
+        raise ValueError(f"truncated JSON: {text!r}") from None
+    if end != len(text):
+        raise ValueError(f"trailing text at {end} of {text!r}")
+    return offsets
+
+
+def decision_weights(tokenizer, input_ids: list[int], labels: list[int], answer: str, weight: float) -> list[float]:
+    """Per-position loss weights of one example whose supervised tokens are `answer` (then its
+    end-of-turn token): `weight` at every label position whose token holds a `decision_offsets`
+    character of `answer`, 1 elsewhere. Raises `ValueError` when the supervised tokens do not decode
+    to `answer` (the weights would land on the wrong tokens)."""
+    positions = [t for t, label in enumerate(labels) if label != IGNORE_INDEX]
+    ids = [input_ids[t] for t in positions]
+    # Each token's end in the decoded text; decoding prefixes keeps multi-byte characters whole.
+    ends, text = [], ""
+    for k in range(len(ids)):
+        text = tokenizer.decode(ids[: k + 1])
+        ends.append(len(text))
+    start = text.find(answer)
+    if start < 0:
+        raise ValueError(f"the supervised tokens decode to {text!r}, which does not hold the answer {answer!r}")
+    marks = {start + o for o in decision_offsets(answer)}
+    weights = [1.0] * len(labels)
+    begin = 0
+    for k, (t, end) in enumerate(zip(positions, ends)):
+        if any(begin <= m < end for m in marks):
+            weights[t] = weight
+            if begin in marks and k > 0:  # the token before ended where the choice begins: it made it
+                weights[positions[k - 1]] = weight  # (`":` before `null`, against `":"` before a string)
+        begin = end
+    return weights
+
+
+__all__ = ["decision_offsets", "decision_weights"]
