@@ -128,10 +128,9 @@ FULL = DemoConfig(
     # rows, 25% replay and 600 steps (bench/RESULTS.md) left no margin for a slower machine.
     # LoRA without dropout: on this CPU, drawing LLaVA's 0.05 dropout masks (one per wrapped Linear per step) took
     # a fifth of each fine-tune step (bench/RESULTS.md); one epoch over the scenes has nothing to overfit, and
-    # the time buys 270 training scenes instead of 218. Rank 16 (alpha 2r, as LLaVA's 128/256): on a 576-wide LLM
-    # it is the share of each layer that r 128 is of a 4096-wide one, and every rank costs a little of every
-    # step (the adapters' own weight gradients); 10% chat replay.
-    lora=dict(r=16, alpha=32, dropout=0.0), chat_ratio=0.1, val_max=0, align_steps=400,
+    # the time buys 270 training scenes instead of 218. Rank 64: rank 16 saved 8% of the fine-tune but lost most
+    # of what it learns in 78 steps (name 0.52 -> 0.24, two-shop counts 26/26 -> 9/26; bench/RESULTS.md).
+    lora=dict(r=64, alpha=128, dropout=0.0), chat_ratio=0.15, val_max=0, align_steps=400,
     # Each text patch also carries its field (name, number, street, hours ...), and the seam between two
     # storefronts reads as `|`: the LLM tells a name from the awning word or the hours beside it, and one
     # shop from the next (bench/RESULTS.md: storefront counts on two-shop facades 0.46 -> 0.65).
