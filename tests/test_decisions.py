@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -10,9 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from vlx.data.decisions import decision_offsets, decision_weights
-from vlx.data.packing import PackingCollator, supervised_loss
+from vlx.data.packing import supervised_loss
 from vlx.data.templates import IGNORE_INDEX, encode_spelled
-from vlx.data.dataset import Collator
 
 ANSWER = json.dumps({"pois": [{"name": "Mill \"A\"", "phone": None, "hours": [], "open": False},
                               {"name": "B", "phone": "0123", "hours": [{"d": "mon"}], "open": True}]},
@@ -73,42 +71,3 @@ def test_weighted_loss_is_the_weighted_token_sum_and_ones_change_nothing():
     assert supervised_loss(out, labels, num_items_in_batch=10, weights=weights).item() == pytest.approx(
         expected.item() / 2, rel=1e-6)
     assert torch.equal(supervised_loss(out, labels, weights=torch.ones_like(weights)), supervised_loss(out, labels))
-
-
-def test_packed_and_padded_weighted_batches_give_the_same_loss_and_gradients(tiny, colour_data):
-    """Weights travel with their tokens through both collators (packing moves samples between rows)."""
-    from vlx.data.dataset import LlavaDataset, prepare
-    from vlx.data.formats import load_rows
-
-    model, processor = tiny
-    rows = load_rows(str(colour_data / "instruct.json"))
-    examples, bad = prepare(rows, processor.tokenizer, template="vicuna_v1", image_token_id=model.config.image_token_id,
-                            num_image_tokens=model.config.image_seq_length, max_length=256)
-    assert not bad
-    picked = [examples[i] for i in (0, 1, 16, 17)]
-    gen = torch.Generator().manual_seed(0)
-    for ex in picked[:3]:  # the last row keeps no weights: it counts 1 everywhere
-        ex.weights = [1.0 + 4.0 * float(torch.rand(1, generator=gen) < 0.3) for _ in ex.labels]
-    dataset = LlavaDataset(picked, processor.image_processor)
-    items = [dataset[i] for i in range(len(dataset))]
-    assert "weights" in items[0] and "weights" not in items[3]
-    trainable = copy.deepcopy(model).train()
-    pad = processor.tokenizer.pad_token_id
-    results = []
-    for collate in (Collator(pad, supervised_logits=True), PackingCollator(pad, supervised_logits=True)):
-        batch = collate(items)
-        labels, weights = batch.pop("labels"), batch.pop("label_weights")
-        assert weights.shape == labels.shape
-        # Each weighted supervised token keeps its weight: same multiset of (token, weight) pairs.
-        pairs = sorted((int(t), float(w)) for t, w in zip(labels[:, 1:].flatten(), weights[:, 1:].flatten())
-                       if t != IGNORE_INDEX)
-        trainable.zero_grad()
-        loss = supervised_loss(trainable(**batch), labels, weights=weights)
-        loss.backward()
-        results.append((pairs, loss.item(), {n: p.grad.clone() for n, p in trainable.named_parameters()
-                                             if p.grad is not None}))
-    (pairs_a, loss_a, grads_a), (pairs_b, loss_b, grads_b) = results
-    assert pairs_a == pairs_b and any(w > 1 for _, w in pairs_a)
-    assert loss_b == pytest.approx(loss_a, rel=1e-5)
-    for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -175,3 +175,33 @@ def test_padded_batches_with_supervised_logits_give_the_same_loss_and_gradients(
     for name, p in trainable.named_parameters():
         if name in grads_a:
             torch.testing.assert_close(p.grad, grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_weighted_tokens_keep_their_weights_packed_and_padded(trainable, tiny, items):
+    """Decision weights (`vlx.data.decisions`) travel with their tokens through both collators (packing moves
+    samples between rows): the same weighted loss and gradients either way."""
+    from vlx.data.packing import supervised_loss
+
+    gen = torch.Generator().manual_seed(0)
+    weighted = [dict(b) for b in items]
+    for b in weighted[:-1]:  # the last row keeps no weights: it counts 1 everywhere
+        b["weights"] = [1.0 + 4.0 * float(torch.rand(1, generator=gen) < 0.3) for _ in b["labels"]]
+    pad = tiny[1].tokenizer.pad_token_id
+    results = []
+    for collate in (Collator(pad, supervised_logits=True), PackingCollator(pad, supervised_logits=True)):
+        batch = collate(weighted)
+        labels, weights = batch.pop("labels"), batch.pop("label_weights")
+        assert weights.shape == labels.shape
+        # Each supervised token keeps its weight: the same multiset of (token, weight) pairs.
+        pairs = sorted((int(t), float(w)) for t, w in zip(labels[:, 1:].flatten(), weights[:, 1:].flatten())
+                       if t != IGNORE_INDEX)
+        trainable.zero_grad()
+        loss = supervised_loss(trainable(**batch), labels, weights=weights)
+        loss.backward()
+        results.append((pairs, loss.item(), {n: p.grad.clone() for n, p in trainable.named_parameters()
+                                             if p.grad is not None}))
+    (pairs_a, loss_a, grads_a), (pairs_b, loss_b, grads_b) = results
+    assert pairs_a == pairs_b and any(w > 1 for _, w in pairs_a)
+    assert loss_b == pytest.approx(loss_a, rel=1e-5)
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
