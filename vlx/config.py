@@ -180,7 +180,7 @@ class FinetuneDataConfig:
     """Loss weight of the answer tokens where the JSON branches (`vlx.data.decisions`: whether a nullable
     value is there, whether a list goes on, true or false); 1 is plain cross-entropy. A small fine-tune
     learns to copy long before it learns when to: the demo's model wrote every street and phone as
-    null at 1 and read them at 5 (bench/RESULTS.md)."""
+    null at 1, and read the streets at 5 (bench/RESULTS.md)."""
     prompt_style: str = "cue"
     """Derived format prompt: `cue` (one line, the task and "Answer in JSON.", as LLaVA-1.5 writes
     its format prompts) or `schema` (the task and every field spelled out, about 250 tokens for

@@ -144,7 +144,7 @@ FULL = DemoConfig(
     # structured values (hours) keep the tokenizer's own pieces.
     spell_fields=("name", "street", "website"),
     # The answers' branching tokens (null or a value, another storefront or the last) at 5x the loss: at 1 the
-    # model wrote every street and phone as null and the two-shop count held in one world of two (RESULTS.md).
+    # model wrote every street as null (street 0.56 -> 0.91, 4 -> 5 of 8 fields above baseline; RESULTS.md).
     decision_weight=5.0,
 )
 
