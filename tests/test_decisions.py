@@ -71,3 +71,13 @@ def test_weighted_loss_is_the_weighted_token_sum_and_ones_change_nothing():
     assert supervised_loss(out, labels, num_items_in_batch=10, weights=weights).item() == pytest.approx(
         expected.item() / 2, rel=1e-6)
     assert torch.equal(supervised_loss(out, labels, weights=torch.ones_like(weights)), supervised_loss(out, labels))
+
+
+def test_token_ends_match_decoding_every_prefix(tiny):
+    """The linear-time ends are where decoding each whole prefix ends, multi-byte characters included."""
+    from vlx.data.decisions import token_ends
+
+    tok = tiny[1].tokenizer
+    for text in (ANSWER, '{"name":"Café Nörd 東京 ☕","x":null}'):
+        for ids in (tok(text, add_special_tokens=False)["input_ids"], encode_spelled(tok, text, ("name",))):
+            assert token_ends(tok, ids) == [len(tok.decode(ids[:k + 1])) for k in range(len(ids))]

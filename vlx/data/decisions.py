@@ -89,6 +89,19 @@ def decision_offsets(text: str) -> list[int]:
     return offsets
 
 
+def token_ends(tokenizer, ids: list[int], window: int = 6) -> list[int]:
+    """Where each token of `ids` ends in their decoded text, in linear time: each token's share is what
+    it adds to the decoding of the few tokens before it (as streaming detokenizers do), so a character
+    split over several byte-level tokens, or a SentencePiece word's leading space, counts where the
+    decoding of the whole prefix would put it."""
+    ends, end = [], 0
+    for k in range(len(ids)):
+        lo = max(0, k - window)
+        end += len(tokenizer.decode(ids[lo:k + 1])) - (len(tokenizer.decode(ids[lo:k])) if k > lo else 0)
+        ends.append(end)
+    return ends
+
+
 def decision_weights(tokenizer, input_ids: list[int], labels: list[int], answer: str, weight: float) -> list[float]:
     """Per-position loss weights of one example whose supervised tokens are `answer` (then its
     end-of-turn token): `weight` at every label position whose token holds a `decision_offsets`
@@ -96,11 +109,10 @@ def decision_weights(tokenizer, input_ids: list[int], labels: list[int], answer:
     to `answer` (the weights would land on the wrong tokens)."""
     positions = [t for t, label in enumerate(labels) if label != IGNORE_INDEX]
     ids = [input_ids[t] for t in positions]
-    # Each token's end in the decoded text; decoding prefixes keeps multi-byte characters whole.
-    ends, text = [], ""
-    for k in range(len(ids)):
-        text = tokenizer.decode(ids[: k + 1])
-        ends.append(len(text))
+    ends = token_ends(tokenizer, ids)
+    text = tokenizer.decode(ids)
+    if (ends[-1] if ends else 0) != len(text):
+        raise ValueError(f"token-by-token decoding does not add up to {text!r}")
     start = text.find(answer)
     if start < 0:
         raise ValueError(f"the supervised tokens decode to {text!r}, which does not hold the answer {answer!r}")
@@ -116,4 +128,4 @@ def decision_weights(tokenizer, input_ids: list[int], labels: list[int], answer:
     return weights
 
 
-__all__ = ["decision_offsets", "decision_weights"]
+__all__ = ["decision_offsets", "decision_weights", "token_ends"]
