@@ -162,6 +162,7 @@ def test_street_captions_and_vqa_say_what_the_signs_read(tmp_path):
 def test_street_vqa_answers_match_poi_targets():
     from vlx.data.synth import TextStyle, _rng, _street_scene, _street_vqa
 
+    asked = Counter()
     for i in range(30):
         _, pois = _street_scene(_rng(0, "poi", i), 224, [TextStyle()])
         conv = _street_vqa(_rng(1, "poi", i), pois)
@@ -171,9 +172,17 @@ def test_street_vqa_answers_match_poi_targets():
                 side = 0 if q.endswith("shop?") or "left" in q else 1
                 assert a == pois[side]["name"]
             elif q.startswith("What is the house number of"):
-                assert a in {p["address"]["house_number"] for p in pois if q.endswith(f'"{p["name"]}"?')}
+                assert a in {p["address"]["house_number"] or "none" for p in pois if q.endswith(f'"{p["name"]}"?')}
+            elif q.startswith("What is the phone number of"):
+                assert a in {p["phone"] or "none" for p in pois if q.endswith(f'"{p["name"]}"?')}
+            elif q == "What street is this?":
+                assert a == (pois[0]["address"]["street"] or "none")
+                asked["none" if a == "none" else "street"] += 1
             elif q == "How many shops are in the image?":
                 assert a == str(len(pois))
+            asked[a == "none"] += 1
+    # What is not on the facade is asked about as well as what is (whether a field has a value at all).
+    assert asked[True] and asked[False] and asked["none"] and asked["street"], asked
 
 
 def test_chat_rows_are_prose(tmp_path):

@@ -675,18 +675,18 @@ def _street_vqa(rng: np.random.Generator, pois: list[dict]) -> list[dict]:
         ref = "the shop" if len(pois) == 1 else f"the shop on the {('left', 'right', 'far right')[k]}"
         qa.append((f"What is the name of {ref}?", p["name"]))
         qa.append((f'What kind of business is "{p["name"]}"?', CATEGORY_WORDS[p["category"]]))
-        if p["address"]["house_number"]:
-            qa.append((f'What is the house number of "{p["name"]}"?', p["address"]["house_number"]))
-        if p["phone"]:
-            qa.append((f'What is the phone number of "{p["name"]}"?', p["phone"]))
+        # Questions about what is not there too (`none`): whether a sign is there at all is what the
+        # fine-tune's nullable fields ask, and a model asked only about what is there always finds something.
+        qa.append((f'What is the house number of "{p["name"]}"?', p["address"]["house_number"] or "none"))
+        qa.append((f'What is the phone number of "{p["name"]}"?', p["phone"] or "none"))
         if p.get("website"):
             qa.append((f'What is the website of "{p["name"]}"?', p["website"]))
         if p.get("open_24h"):
             qa.append((f'When is "{p["name"]}" open?', "24 hours"))
         elif p.get("opening_hours"):
             qa.append((f'When is "{p["name"]}" open?', ", ".join(" ".join(_hours_lines(h)) for h in p["opening_hours"])))
-    if pois and pois[0]["address"]["street"]:
-        qa.append(("What street is this?", pois[0]["address"]["street"]))
+    if pois:
+        qa.append(("What street is this?", pois[0]["address"]["street"] or "none"))
     # Several questions per image: the image's tokens are most of a row's cost, its answers the signal.
     picked = [qa[j] for j in rng.permutation(len(qa))[: int(rng.integers(2, 6))]]
     conv = [{"from": r, "value": v} for q, a in picked for r, v in (("human", q), ("gpt", a))]
