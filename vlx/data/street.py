@@ -668,7 +668,7 @@ def street_caption(pois: list[dict]) -> str:
 
 
 def _street_vqa(rng: np.random.Generator, pois: list[dict]) -> list[dict]:
-    """Two to five short-answer questions about what a street scene's signs say."""
+    """Two to five short-answer questions about what a street scene's signs say (`none` for a sign it lacks)."""
     count = ("How many shops are in the image?", str(len(pois)))
     qa = [count]
     for k, p in enumerate(pois):
