@@ -233,6 +233,35 @@ def test_batched_generation_equals_one_by_one_in_input_order(tiny):
     assert len(set(batched)) > 1
 
 
+class _EndRowAtStep:
+    """Forces the end token into row r as its token number `ends_at[r] + 1`; remembers the last step it saw."""
+
+    def __init__(self, prompt_len: int, end: int, ends_at: dict[int, int]):
+        self.prompt_len, self.end, self.ends_at, self.step = prompt_len, end, ends_at, None
+
+    def __call__(self, input_ids, scores):
+        self.step = input_ids.shape[1] - self.prompt_len
+        for row, step in self.ends_at.items():
+            if self.step == step:
+                scores[row] = float("-inf")
+                scores[row, self.end] = 0.0
+        return scores
+
+
+def test_generate_reports_rows_as_they_end_not_when_the_batch_does(tiny):
+    model, processor = tiny
+    prompts, images = ["USER: hi ASSISTANT:"] * 4, [None] * 4
+    end = processor.tokenizer.eos_token_id
+    plen = processor.tokenizer(prompts[0], return_tensors="pt")["input_ids"].shape[1]
+    forcer = _EndRowAtStep(plen, end, {0: 1, 1: 1, 2: 4})
+    reports = []
+    generate(model, processor, prompts, images, max_new_tokens=8, batch_size=4, eos_token_id=end,
+             logits_processor=forcer, on_row_done=lambda n: reports.append((n, forcer.step)))
+    # Rows 0 and 1 end with their 2nd token and are reported at the next step (the forcer last saw
+    # step 1 then), row 2 with its 5th, row 3 at the 8-token cap once generation returns.
+    assert reports == [(2, 1), (1, 4), (1, 7)]
+
+
 def test_generate_checks_its_inputs(tiny):
     model, processor = tiny
     with pytest.raises(ValueError, match="2 prompts but 1 images"):

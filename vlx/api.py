@@ -131,7 +131,8 @@ class Extractor:
 
         Images are decoded `batch_size` at a time in one left-padded batch; an unreadable image
         becomes an `ImageError` in its slot and the others are still extracted. `on_progress(n)`
-        is called after each batch with the number of images just finished.
+        is called with the number of images just finished: as each row of a batch ends its answer,
+        and at once for the images that could not be read.
         """
         Schema, fmt = self._schema_and_prompt(Schema, allow_schema_change)
         if batch_size is not None:
@@ -150,11 +151,10 @@ class Extractor:
         step = decoder.config.batch_size
         for start in range(0, len(ok), step):
             chunk = ok[start:start + step]
-            out = decoder.decode([prompt] * len(chunk), [im for _, im, _ in chunk], [s for _, _, s in chunk])
+            out = decoder.decode([prompt] * len(chunk), [im for _, im, _ in chunk], [s for _, _, s in chunk],
+                                 on_row_done=on_progress)
             for (i, _, _), result in zip(chunk, out):
                 results[i] = result
-            if on_progress:
-                on_progress(len(chunk))
         return results
 
     # ---- chat ------------------------------------------------------------------------------

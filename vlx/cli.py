@@ -334,7 +334,8 @@ def extract_cmd(
             for start in range(0, len(paths), batch_size):
                 chunk = paths[start:start + batch_size]
                 results = extractor.extract_many(chunk, Schema, batch_size=batch_size,
-                                                 allow_schema_change=allow_schema_change, **options)
+                                                 allow_schema_change=allow_schema_change,
+                                                 on_progress=lambda n: progress.advance(task, n), **options)
                 for path, result in zip(chunk, results):
                     if isinstance(result, ExtractionError):
                         failed += 1
@@ -342,7 +343,6 @@ def extract_cmd(
                     else:
                         line = {"image": str(path), "result": result.model_dump(mode="json")}
                     typer.echo(json.dumps(line, ensure_ascii=False))
-                progress.advance(task, len(chunk))
     except (*user_errors(), SchemaError, ValueError) as e:
         fail(str(e))
     if failed:

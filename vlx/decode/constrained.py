@@ -9,6 +9,7 @@ nothing invalid or truncated is ever returned as a result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
@@ -107,8 +108,10 @@ class ConstrainedDecoder:
         self.max_new_tokens = self.config.max_new_tokens or self.grammar.max_bytes + 1
 
     def decode(self, prompts: list[str], images: list[Image.Image | None],
-               sources: list[str | None] | None = None) -> list[BaseModel | ExtractionError]:
-        """One result per prompt, in order: a valid `Schema` instance or an `ExtractionError`."""
+               sources: list[str | None] | None = None, *,
+               on_row_done: Callable[[int], None] | None = None) -> list[BaseModel | ExtractionError]:
+        """One result per prompt, in order: a valid `Schema` instance or an `ExtractionError`;
+        `on_row_done(n)` as rows finish (`generate`)."""
         sources = sources or [None] * len(prompts)
         cfg = self.config
         results: list[BaseModel | ExtractionError] = []
@@ -117,7 +120,7 @@ class ConstrainedDecoder:
             lp = logits_processor(cfg.backend, self.index, self.eos_token_id)
             texts = generate(self.model, self.processor, prompts[start:stop], images[start:stop],
                              max_new_tokens=self.max_new_tokens, batch_size=cfg.batch_size, logits_processor=lp,
-                             eos_token_id=self.eos_token_id,
+                             eos_token_id=self.eos_token_id, on_row_done=on_row_done,
                              temperature=cfg.temperature, seed=None if cfg.seed is None else cfg.seed + start)
             complete = lp.texts_complete() if isinstance(lp, GrammarLogitsProcessor) else [None] * len(texts)
             for text, done, source in zip(texts, complete, sources[start:stop]):

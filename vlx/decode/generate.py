@@ -10,11 +10,11 @@ order, special tokens stripped.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from vlx.decode.cache import decoding_cache
 from vlx.model.llava import IMAGE_TOKEN
@@ -85,6 +85,7 @@ def generate(
     temperature: float = 0.0,
     seed: int | None = None,
     eos_token_id: int | None = None,
+    on_row_done: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Generate a continuation for each prompt, `batch_size` prompts per forward pass.
 
@@ -93,7 +94,8 @@ def generate(
     `reset()` method (grammar-constrained processors keep per-row state) is reset before each
     batch. Greedy when `temperature == 0`, otherwise sampling; `seed` makes sampling repeatable.
     `eos_token_id` also ends a row (besides the model's generation config): the token a grammar closes
-    an answer with.
+    an answer with. `on_row_done(n)` is called as rows finish, with how many just did (a batch's rows
+    end at different steps: a caller's progress moves before the whole batch is done).
 
     >>> generate(model, processor, ["USER: hi ASSISTANT:"], [None], max_new_tokens=8)  # doctest: +SKIP
     [' hello! how can I help?']
@@ -125,19 +127,47 @@ def generate(
                 if hasattr(p, "reset"):
                     p.reset()
             cache = decoding_cache(model)
+            watch = []
+            if on_row_done is not None:
+                ends = stop.get("eos_token_id", model.generation_config.eos_token_id)
+                watch = [_RowsDone(enc["input_ids"].shape[1], [] if ends is None else ends, on_row_done)]
             ids = model.generate(
                 **enc,
                 **({"cache": cache} if cache is not None else {}),
                 max_new_tokens=max_new_tokens,
-                logits_processor=LogitsProcessorList(processors) if processors else None,
+                logits_processor=LogitsProcessorList(watch + processors) if watch or processors else None,
                 pad_token_id=processor.tokenizer.pad_token_id,
                 **stop,
                 **sampling,
             )
             # (batch, prompt_len + new) -> (batch, new): with left padding every prompt ends at the same column.
             new = ids[:, enc["input_ids"].shape[1]:]
+            if watch:
+                watch[0].finish(len(new))  # rows stopped by max_new_tokens, and the last to end
             out += processor.tokenizer.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return out
+
+
+class _RowsDone(LogitsProcessor):
+    """Reports rows of a batch as they emit an end token; leaves the scores as they are."""
+
+    def __init__(self, prompt_len: int, end_ids, callback: Callable[[int], None]):
+        self.prompt_len, self.callback, self.reported = prompt_len, callback, 0
+        self.end_ids = torch.tensor([end_ids] if isinstance(end_ids, int) else list(end_ids), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        new = input_ids[:, self.prompt_len:]
+        if new.shape[1] and len(self.end_ids):
+            done = int(torch.isin(new, self.end_ids.to(new.device)).any(dim=1).sum())
+            if done > self.reported:
+                self.callback(done - self.reported)
+                self.reported = done
+        return scores
+
+    def finish(self, rows: int) -> None:
+        if rows > self.reported:
+            self.callback(rows - self.reported)
+            self.reported = rows
 
 
 def _as_list(logits_processor) -> list:
