@@ -21,6 +21,8 @@ its own) from the same saved initial weights:
     `modules_to_save=["multi_modal_projector"]`), answers supervised as above;
   - `vlx-lora`: `LlavaTrainer` as `vlx finetune` runs it (supervised-only logits, per-source loss);
   - `vlx-lora+packing`: the same with `--packing`;
+  - `vlx-lora-dense-dropout`: `vlx-lora` with peft's own `nn.Dropout` before each adapter instead of
+    vlx's masks drawn as geometric gaps (`vlx.train.dropout`): what that change alone is worth;
 - the same LoRA fine-tune on a Qwen2-VL shape (`--qwen`: SmolLM2-135M's text shape and 49k
   tokenizer in a Qwen2-VL with a 4-block vision tower, random weights, 448 px images: 256 image
   tokens through the processor, as the smol LLaVA has), the connector `visual.merger` trained beside:
@@ -61,6 +63,7 @@ import torch
 
 STAGE2 = ("trl", "vlx", "vlx+packing", "vlx+packing+cache")
 FINETUNE = ("trl-lora", "vlx-lora", "vlx-lora+packing")
+FINETUNE_EXTRA = ("vlx-lora-dense-dropout",)  # by --only
 LORA = dict(r=64, alpha=128, dropout=0.05)  # the demo's LoRA for the 135M smol LLM
 STAGE1 = ("stage1", "stage1+cache", "stage1+packing+cache")
 QWEN = ("trl-qwen-lora", "vlx-qwen-lora", "vlx-qwen-lora+packing")
@@ -253,7 +256,7 @@ def run_one(name: str, args) -> dict:
     model, processor = load_llava(args.init)
     info = json.loads((Path(args.init) / "bench.json").read_text())
     template, max_length = info["template"], info["max_length"]
-    stage = "1" if name.startswith("stage1") else "lora" if name.endswith(("lora", "lora+packing")) else "2"
+    stage = "1" if name.startswith("stage1") else "lora" if name in FINETUNE + FINETUNE_EXTRA else "2"
     precision = resolve_precision(args.precision)
     if stage == "lora":
         from vlx.config import LoraConfig
@@ -264,6 +267,13 @@ def run_one(name: str, args) -> dict:
                 p.requires_grad_(False)
         else:  # as `vlx finetune` attaches it: in bf16, the frozen weights under LoRA kept in bf16
             model = attach_lora(model, LoraConfig(**LORA), frozen_dtype=torch.bfloat16 if precision == "bf16" else None)
+            if name == "vlx-lora-dense-dropout":
+                from vlx.train.dropout import SparseDropout
+
+                for module in model.modules():
+                    for key, drop in getattr(module, "lora_dropout", {}).items():
+                        if isinstance(drop, SparseDropout):
+                            module.lora_dropout[key] = torch.nn.Dropout(drop.p)
     else:
         set_trainable(model, stage)
     epochs = args.stage1_epochs if stage == "1" else 1
@@ -516,6 +526,9 @@ def main(argv=None) -> int:
     t0 = time.time()
     data = make_data(work, args.samples, args.image_size)
     names = args.only.split(",")
+    known = STAGE2 + FINETUNE + FINETUNE_EXTRA + STAGE1 + QWEN
+    if unknown := [n for n in names if n not in known]:
+        p.error(f"--only: unknown run(s) {', '.join(unknown)}; known: {', '.join(known)}")
     init = make_model(work, args.quick)
     init_qwen = make_qwen_model(work, args.quick, args.qwen_images) if any(n in QWEN for n in names) else init
     if args.qwen_images == "mixed":
@@ -576,7 +589,7 @@ def report(results: dict, args) -> None:
                 print(f"{name} / trl: {results[name]['samples_per_s'] / results['trl']['samples_per_s']:.2f}x samples/s, "
                       f"{results[name]['samples_per_cpu_s'] / results['trl']['samples_per_cpu_s']:.2f}x samples/cpu-s")
     if "trl-lora" in results:
-        for name in ("vlx-lora", "vlx-lora+packing"):
+        for name in ("vlx-lora", "vlx-lora+packing", "vlx-lora-dense-dropout"):
             if name in results:
                 print(f"{name} / trl-lora: {results[name]['samples_per_s'] / results['trl-lora']['samples_per_s']:.2f}x "
                       f"samples/s, {results[name]['samples_per_cpu_s'] / results['trl-lora']['samples_per_cpu_s']:.2f}x "
@@ -593,6 +606,9 @@ def report(results: dict, args) -> None:
     if "vlx-lora" in results and "vlx-lora+packing" in results:
         print(f"vlx-lora+packing / vlx-lora: "
               f"{results['vlx-lora+packing']['samples_per_s'] / results['vlx-lora']['samples_per_s']:.2f}x samples/s")
+    if "vlx-lora" in results and "vlx-lora-dense-dropout" in results:
+        print(f"vlx-lora / vlx-lora-dense-dropout: "
+              f"{results['vlx-lora']['samples_per_s'] / results['vlx-lora-dense-dropout']['samples_per_s']:.2f}x samples/s")
     if "stage1" in results and "stage1+cache" in results:
         ratio = results["stage1+cache"]["samples_per_s"] / results["stage1"]["samples_per_s"]
         cpu_ratio = results["stage1+cache"]["samples_per_cpu_s"] / results["stage1"]["samples_per_cpu_s"]

@@ -45,6 +45,7 @@ from vlx.run import max_length as run_max_length
 from vlx.schema import check_supported, format_prompt, json_schema, load_schema, validate_rows
 from vlx.train import tracking
 from vlx.train.base import training_args
+from vlx.train.dropout import sparse_lora_dropout
 from vlx.data.packing import PackingCollator, mrope_index, packs_into_one_row, supervised_loss
 from vlx.train.trainer import LlavaTrainer, MetricsLogger, ProgressLines, trainable_summary
 
@@ -71,6 +72,7 @@ def attach_lora(model, cfg: LoraConfig, family: Family | None = None, *, frozen_
     for p in model.parameters():
         p.requires_grad_(False)
     model = get_peft_model(model, peft_cfg)
+    sparse_lora_dropout(model)
     if frozen_dtype is not None:
         cast_frozen_bases(model, frozen_dtype)
     return model
