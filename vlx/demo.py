@@ -132,9 +132,10 @@ FULL = DemoConfig(
     finetune=dict(epochs=1.0, global_batch_size=4, per_device_batch_size=2, learning_rate=1e-3),
     # 128 stage-2 rows, 15% chat replay and 400 alignment steps: the measured 20 min 22 s with 160
     # rows, 25% replay and 600 steps (bench/RESULTS.md) left no margin for a slower machine.
-    # LoRA without dropout: on this CPU, drawing LLaVA's 0.05 dropout masks (one per wrapped Linear per step) took
-    # a fifth of each fine-tune step (bench/RESULTS.md); one epoch over the scenes has nothing to overfit, and
-    # the time buys 270 training scenes instead of 218. Rank 64: rank 16 saved 8% of the fine-tune but lost most
+    # LoRA without dropout: with peft's dense masks, LLaVA's 0.05 took a fifth of each fine-tune step on a CPU
+    # (bench/RESULTS.md), and the time bought 270 training scenes instead of 218. vlx's own masks
+    # (`vlx.train.dropout`) cost far less now; 0 stays because every measured demo ran with it, and one epoch
+    # over the scenes has nothing to overfit. Rank 64: rank 16 saved 8% of the fine-tune but lost most
     # of what it learns in 78 steps (name 0.52 -> 0.24, two-shop counts 26/26 -> 9/26; bench/RESULTS.md).
     lora=dict(r=64, alpha=128, dropout=0.0), chat_ratio=0.15, val_max=0, align_steps=400,
     # Each text patch also carries its field (name, number, street, hours ...), and the seam between two
