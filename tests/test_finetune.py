@@ -54,6 +54,29 @@ def ft_run(base_and_rows, colour_data):
     return root, root / "ft", digest
 
 
+def test_a_runs_own_config_replays_it_from_another_folder(ft_run, tmp_path, monkeypatch):
+    """`vlx finetune --config RUN/config.yaml --out NEW`: base, schema and data come from the recorded config
+    (absolute paths), so the same run is trained again from any folder; flags still override it."""
+    import yaml
+
+    root, run, _ = ft_run
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["finetune", "--config", str(run / "config.yaml"), "--out", "again", "--max-steps", "1"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    first, again = (yaml.safe_load((d / "config.yaml").read_text()) for d in (run, tmp_path / "again"))
+    for key in ("base", "schema", "schema_class", "template"):
+        assert again[key] == first[key], key
+    assert again["data"] == first["data"] and Path(first["data"]["data"]).is_absolute()
+    assert again["train"]["max_steps"] == 1 and first["train"]["max_steps"] == 3  # the flag won
+    assert again["lora"] == first["lora"]
+
+
+def test_finetune_without_a_base_says_where_one_comes_from(tmp_path):
+    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--data", "rows.jsonl", "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0
+    assert "--base is required (or a --config that sets base:" in result.output
+
+
 def test_only_lora_and_projector_change(ft_run):
     from vlx.export import load_finetune
     from vlx.model import load_llava

@@ -80,6 +80,23 @@ def test_run_directory_is_self_describing(base_run):
     assert not list(base_run.glob(".*staging*"))
 
 
+def test_a_runs_own_config_replays_it_from_another_folder(base_run, tmp_path, monkeypatch):
+    """`vlx train-base --config RUN/config.yaml --out NEW`: the recorded model, data (absolute paths) and both
+    stages come back; a flag still overrides the file."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train-base", "--config", str(base_run / "config.yaml"), "--out", "again",
+                                 "--max-steps", "1"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    first, again = (yaml.safe_load((d / "config.yaml").read_text()) for d in (base_run, tmp_path / "again"))
+    assert again["model"] == first["model"] and again["data"] == first["data"]
+    assert again["stages"] == first["stages"] == ["1", "2"]
+    assert Path(first["data"]["stage1_data"]).is_absolute()
+    assert again["stage1"]["max_steps"] == again["stage2"]["max_steps"] == 1
+    assert set(_losses(tmp_path / "again", "stage1")) and set(_losses(tmp_path / "again", "stage2"))
+
+
 def test_help_documents_every_flag():
     from vlx.cli import train_base_cmd
     import inspect

@@ -32,8 +32,8 @@ def train_base_cmd(
     preset: Annotated[str, typer.Option(help="Model preset: tiny, smol, llava-1.5-7b, llava-1.5-13b.")] = "tiny",
     stage1_data: Annotated[Optional[str], typer.Option(help="Stage-1 captions: LLaVA .json/.jsonl, a `datasets` dir or a mixture .yaml.")] = None,
     stage2_data: Annotated[Optional[str], typer.Option(help="Stage-2 instructions: same formats; a mixture .yaml sets per-source format prompts.")] = None,
-    stage: Annotated[str, typer.Option(help="Which stages to run: 1, 2 or both.")] = "both",
-    config: Annotated[Optional[Path], typer.Option(help="YAML with model/data/stage1/stage2 sections (flags override it; it overrides the preset).")] = None,
+    stage: Annotated[Optional[str], typer.Option(help="Which stages to run: 1, 2 or both (default: both, or the config's stages).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML with model/data/stage1/stage2 sections (flags override it; it overrides the preset); a run's own config.yaml replays that run.")] = None,
     image_folder: Annotated[Optional[str], typer.Option(help="Folder image paths are relative to (default: each data file's folder).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop each stage after N optimizer steps.")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Epochs per stage (LLaVA-1.5: 1).")] = None,
@@ -78,11 +78,16 @@ def train_base_cmd(
 
     setup_logging()
     try:
-        stages = {"1": ("1",), "2": ("2",), "both": ("1", "2")}.get(stage)
-        if stages is None:
-            raise ConfigError(f"--stage {stage!r}: use 1, 2 or both")
         yaml_cfg = load_yaml(config, {"model": ModelConfig, "data": DataConfig, "stage1": TrainConfig,
-                                      "stage2": TrainConfig}) if config else {}
+                                      "stage2": TrainConfig}, scalars=("stages",)) if config else {}
+        if stage is None and yaml_cfg.get("stages") is not None:
+            stages = tuple(str(s) for s in yaml_cfg["stages"])
+            if not stages or any(s not in ("1", "2") for s in stages):
+                raise ConfigError(f"{config}: stages {yaml_cfg['stages']!r}: give a list of 1 and/or 2")
+        else:
+            stages = {"1": ("1",), "2": ("2",), "both": ("1", "2")}.get(stage or "both")
+            if stages is None:
+                raise ConfigError(f"--stage {stage!r}: use 1, 2 or both")
         model_flags = dict(vision=vision, llm=llm, llm_gguf_file=llm_gguf_file, projector=projector,
                            projector_init=projector_init,
                            image_aspect_ratio=image_aspect_ratio, template=template, max_length=max_length)
@@ -116,12 +121,12 @@ def train_base_cmd(
 
 @app.command("finetune")
 def finetune_cmd(
-    schema: Annotated[Path, typer.Option(help="Python file defining the pydantic schema (templates/poi.py); it is executed, so give only files you would run.")],
-    base: Annotated[Path, typer.Option(help="Base model: a `vlx train-base` run, a llava-hf LLaVA-1.5 or LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Idefics3, SmolVLM, Gemma 3, PaliGemma, InstructBLIP or BLIP-2 checkpoint directory, or a hub id (docs/models.md).")],
-    data: Annotated[str, typer.Option(help="JSONL rows {\"image\", \"target\", [\"prompt\"]}.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
+    schema: Annotated[Optional[Path], typer.Option(help="Python file defining the pydantic schema (templates/poi.py); it is executed, so give only files you would run.")] = None,
+    base: Annotated[Optional[Path], typer.Option(help="Base model: a `vlx train-base` run, a llava-hf LLaVA-1.5 or LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Idefics3, SmolVLM, Gemma 3, PaliGemma, InstructBLIP or BLIP-2 checkpoint directory, or a hub id (docs/models.md).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="JSONL rows {\"image\", \"target\", [\"prompt\"]}.")] = None,
     schema_class: Annotated[Optional[str], typer.Option(help="Class in --schema when it defines several roots.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML with data/train/lora sections (flags override it).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML with data/train/lora sections and optionally base, schema, schema_class: a run's own config.yaml replays that run (flags override it; its recorded template is the base's and is not read).")] = None,
     val_data: Annotated[Optional[str], typer.Option(help="Held-out rows (default: split off --val-fraction).")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of --data held out for validation.")] = None,
     image_folder: Annotated[Optional[str], typer.Option(help="Folder image paths are relative to.")] = None,
@@ -160,15 +165,21 @@ def finetune_cmd(
 ):
     """LoRA-fine-tune a base model to answer in SCHEMA's JSON, keeping it fluent in chat."""
     policy(allow_pickle, trust_remote_code, max_image_pixels)
-    from vlx.config import FinetuneDataConfig, LoraConfig, TrainConfig, load_yaml, merge
+    from vlx.config import ConfigError, FinetuneDataConfig, LoraConfig, TrainConfig, load_yaml, merge
     from vlx.model.presets import PRESETS
     from vlx.schema import SchemaError
     from vlx.train.finetune import finetune
 
     setup_logging()
     try:
-        yaml_cfg = load_yaml(config, {"data": FinetuneDataConfig, "train": TrainConfig, "lora": LoraConfig}) \
-            if config else {}
+        yaml_cfg = load_yaml(config, {"data": FinetuneDataConfig, "train": TrainConfig, "lora": LoraConfig},
+                             scalars=("base", "schema", "schema_class", "template")) if config else {}
+        base = base or (Path(yaml_cfg["base"]) if yaml_cfg.get("base") else None)
+        schema = schema or (Path(yaml_cfg["schema"]) if yaml_cfg.get("schema") else None)
+        schema_class = schema_class or yaml_cfg.get("schema_class")
+        for name, value in (("--base", base), ("--schema", schema)):
+            if value is None:
+                raise ConfigError(f"{name} is required (or a --config that sets {name[2:]}: as a run's config.yaml does)")
         data_cfg = merge(FinetuneDataConfig, yaml_cfg.get("data", {}), dict(
             data=data, val_data=val_data, val_fraction=val_fraction, image_folder=image_folder,
             chat_data=chat_data, chat_ratio=chat_ratio, format_prompt=format_prompt, task=task,

@@ -223,8 +223,9 @@ def _check_keys(section: str, data: dict, cls) -> None:
             raise ConfigError(f"unknown key '{section}.{key}' in the config file; {hint}")
 
 
-def load_yaml(path: str | Path, sections: dict[str, type]) -> dict[str, dict[str, Any]]:
-    """Read a YAML config whose top-level keys are `sections`; unknown keys are errors."""
+def load_yaml(path: str | Path, sections: dict[str, type], scalars: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config whose top-level keys are `sections` (mappings) or `scalars` (plain values or lists,
+    such as a run's `base:` or `stages:`); unknown keys are errors."""
     path = Path(path)
     try:
         data = read_yaml(path) or {}
@@ -233,9 +234,14 @@ def load_yaml(path: str | Path, sections: dict[str, type]) -> dict[str, dict[str
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections ({', '.join(sections)})")
     for key, value in data.items():
+        if key in scalars:
+            if isinstance(value, dict):
+                raise ConfigError(f"{path}: '{key}' must be a value or a list, not a mapping")
+            continue
         if key not in sections:
-            close = difflib.get_close_matches(key, list(sections), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"valid sections: {', '.join(sections)}"
+            valid = list(sections) + list(scalars)
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"valid sections: {', '.join(valid)}"
             raise ConfigError(f"{path}: unknown section '{key}'; {hint}")
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: section '{key}' must be a mapping")

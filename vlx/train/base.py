@@ -158,7 +158,12 @@ def train_base(model_cfg: ModelConfig, data_cfg: DataConfig, stage_cfgs: dict[st
     if out.exists() and (out / "vlx_run.json").exists() and not resume:
         raise FileExistsError(f"{out} already holds a finished run; choose another --out or pass --resume")
     out.mkdir(parents=True, exist_ok=True)
-    resolved = {"model": to_dict(model_cfg), "data": to_dict(data_cfg),
+    # Absolute paths: `vlx train-base --config RUN/config.yaml --out NEW` replays the run from any folder.
+    data_recorded = to_dict(data_cfg)
+    for key in ("stage1_data", "stage2_data", "image_folder", "feature_cache"):
+        if data_recorded.get(key) and Path(data_recorded[key]).exists():
+            data_recorded[key] = str(Path(data_recorded[key]).resolve())
+    resolved = {"model": to_dict(model_cfg), "data": data_recorded,
                 **{STAGES[s]: to_dict(c) for s, c in stage_cfgs.items()}, "stages": list(stages)}
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 

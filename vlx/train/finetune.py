@@ -319,9 +319,14 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
              len(examples) - len(train_rows), len(val_rows))
 
     # 4. Files that describe the run, written before training so a crashed run still says what it was.
+    # Absolute paths: `vlx finetune --config RUN/config.yaml --out NEW` replays the run from any folder.
+    recorded = to_dict(data_cfg)
+    for key in ("data", "val_data", "chat_data", "image_folder"):
+        if recorded.get(key) and Path(recorded[key]).exists():
+            recorded[key] = str(Path(recorded[key]).resolve())
     (out / "config.yaml").write_text(yaml.safe_dump(
-        {"base": str(base), "schema": str(schema), "schema_class": Schema.__name__, "template": template,
-         "data": to_dict(data_cfg), "train": to_dict(train_cfg), "lora": to_dict(lora_cfg)}, sort_keys=False))
+        {"base": str(base), "schema": str(schema.resolve()), "schema_class": Schema.__name__, "template": template,
+         "data": recorded, "train": to_dict(train_cfg), "lora": to_dict(lora_cfg)}, sort_keys=False))
     shutil.copyfile(schema, out / "schema.py")
     (out / "schema.json").write_text(json.dumps(json_schema(Schema), indent=2, ensure_ascii=False) + "\n")
     (out / "format_prompt.txt").write_text(fmt, encoding="utf-8")
