@@ -64,6 +64,30 @@ def test_mixture_applies_format_prompts_and_ratios(colour_data, tiny):
     assert SHORT_ANSWER_PROMPT not in tok.decode(examples[1].input_ids)  # conversations: no format prompt
 
 
+def test_a_spelled_source_trains_its_answers_a_character_per_token(colour_data, tiny):
+    from vlx.data.templates import encode_continuation
+
+    (colour_data / "mix.yaml").write_text(
+        "sources:\n  - name: plain\n    path: instruct.json\n  - name: read\n    path: instruct.json\n    spell: true\n")
+    rows = load_rows(colour_data / "mix.yaml")
+    plain, read = ([r for r in rows if r.source == s and r.image is not None][0] for s in ("plain", "read"))
+    assert not plain.spell and read.spell and plain.conversations == read.conversations
+    (ex_plain, ex_read), problems = _prepare(tiny, [plain, read])
+    assert not problems
+    tok = tiny[1].tokenizer
+    answer = read.conversations[1]["value"]
+    supervised = [t for t, label in zip(ex_read.input_ids, ex_read.labels) if label != -100]
+    # The answer (after the space the template puts before it) a character per token, then the end of
+    # turn; the decoded text is the same as unspelled.
+    assert [tok.decode([t]) for t in supervised[: len(answer) + 1]] == list(" " + answer)
+    assert tok.decode(supervised) == tok.decode([t for t, label in zip(ex_plain.input_ids, ex_plain.labels)
+                                                 if label != -100])
+    assert len(encode_continuation(tok, answer)) < len(answer)  # the plain tokenization does merge it
+    (colour_data / "bad.yaml").write_text("sources:\n  - name: a\n    path: instruct.json\n    spell: yes please\n")
+    with pytest.raises(DataError, match="source a: spell must be true or false"):
+        load_rows(colour_data / "bad.yaml")
+
+
 def test_every_bad_row_is_reported(tmp_path, tiny):
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "ok.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")

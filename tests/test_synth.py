@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vlx.cli import app
+from vlx.data.formats import load_rows
 from vlx.data.synth import (
     MC_PROMPT,
     POSITION_PHRASE,
@@ -140,9 +141,12 @@ def test_street_captions_and_vqa_say_what_the_signs_read(tmp_path):
     assert all(any(p in c for p in POSITION_PHRASE.values()) for c in (r["conversations"][1]["value"] for r in captions[:6]))
     assert any('called "' in c and "at number " in c for c in street)
 
-    mixture = synth_instruct(tmp_path / "inst", 40, seed=4, image_size=224, mix={"vqa": 0.5, "street_vqa": 0.5})
+    mixture = synth_instruct(tmp_path / "inst", 40, seed=4, image_size=224, mix={"vqa": 0.5, "street_vqa": 0.5},
+                             spell=("street_vqa",))
     sources = {s["name"]: s for s in yaml.safe_load(mixture.read_text())["sources"]}
     assert sources["street_vqa"]["format_prompt"] == SHORT_ANSWER_PROMPT
+    assert sources["street_vqa"]["spell"] is True and "spell" not in sources["vqa"]
+    assert {r.source for r in load_rows(mixture) if r.spell} == {"street_vqa"}
     rows = json.loads((tmp_path / "inst" / "street_vqa.json").read_text())
     assert len(rows) == 20
     _check_llava_rows(tmp_path / "inst", rows, 224)
@@ -233,6 +237,8 @@ def test_bad_arguments(tmp_path):
         synth_poi(tmp_path, 2, image_size=100)
     with pytest.raises(ValueError, match="unknown instruct source"):
         synth_instruct(tmp_path, 2, mix={"ocr": 1.0})
+    with pytest.raises(ValueError, match=r"spell: unknown instruct source\(s\) \['ocr'\]"):
+        synth_instruct(tmp_path, 2, spell=("ocr",))
     with pytest.raises(ValueError, match="unknown caption source"):
         synth_captions(tmp_path, 2, mix={"faces": 1.0})
     with pytest.raises(ValueError, match="image-size"):

@@ -93,6 +93,8 @@ class DemoConfig:
     """The fine-tune's derived format prompt (`FinetuneDataConfig.prompt_style`)."""
     spell_fields: tuple[str, ...] = ()
     """Target string values spelled a character per token (`FinetuneDataConfig.spell_fields`)."""
+    spell_instruct: tuple[str, ...] = ()
+    """Stage-2 sources whose answers are trained a character per token (`synth_instruct` `spell`)."""
     decision_weight: float = 1.0
     """Loss weight of the answers' branching tokens (`FinetuneDataConfig.decision_weight`)."""
 
@@ -179,7 +181,7 @@ def make_data(cfg: DemoConfig, data: Path, progress=None, seed: int = 0) -> dict
         tick = progress(f"synth {name}", image_count(kind, n, cfg.instruct_mix if kind == "instruct" else None)) \
             if progress else None
         extra = {"poi": {"splits": cfg.poi_splits, "train_shops": cfg.train_shops}, "captions": {"mix": cfg.caption_mix},
-                 "instruct": {"mix": cfg.instruct_mix}}.get(kind, {})
+                 "instruct": {"mix": cfg.instruct_mix, "spell": tuple(cfg.spell_instruct)}}.get(kind, {})
         result = synth(kind, data / name, n, seed=seed, image_size=cfg.image_size, workers=cfg.workers, progress=tick,
                        **extra)
         if kind == "poi":

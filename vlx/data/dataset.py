@@ -75,7 +75,7 @@ def prepare(rows: list[Row], tokenizer, *, template: str, image_token_id: int, n
     """Validate and tokenize every row; return (examples, problems). Nothing is skipped silently.
 
     `spell`: JSON keys whose string values in answers are tokenized a character per token
-    (`vlx.data.templates.encode_spelled`)."""
+    (`vlx.data.templates.encode_spelled`); a row of a `spell: true` source has every answer so."""
     examples, problems = [], []
     eos = eos_token or tokenizer.eos_token
     for row in rows:
@@ -87,7 +87,7 @@ def prepare(rows: list[Row], tokenizer, *, template: str, image_token_id: int, n
                     raise SampleError(msg)
             enc = encode(tokenizer, render(template, turns, eos_token=eos),
                          image_token_id=image_token_id, num_image_tokens=num_image_tokens,
-                         spell=spell if row.source != "chat" else ())
+                         spell=spell if row.source != "chat" else (), spell_answers=row.spell)
             enc = fit_length(enc, max_length, row=row.origin, truncate=truncate)
         except SampleError as e:
             problems.append(Problem(row.origin, str(e).removeprefix(f"{row.origin}: ")))

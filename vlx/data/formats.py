@@ -12,11 +12,16 @@ kind of answer (the paper's table 7 mixture is written this way in `templates/`)
         path: vqa.json                   # relative to the YAML file
         format_prompt: "Answer the question using a single word or phrase."
         ratio: 1.0                       # 0.5 keeps a random half, 2.0 repeats the source twice
+        spell: false                     # true: answers trained a character per token (text unchanged)
       - name: conversation
         path: llava_158k.json            # no format_prompt: free-form answers
 
 The format prompt is appended to every human turn of the source's rows, on a new line, as the
 reference mixture does (`"...?\\nAnswer the question using a single word or phrase."`).
+
+`spell: true` marks a source whose answers are text read off the image (signs, plates): they are
+tokenized one character per token (`vlx.data.templates.encode_chars`), the form in which a tower that
+reads glyph by glyph hands the LLM that text; the decoded text is the same.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class Row:
     source: str = "default"
     format_prompt: str | None = None
     raw: dict = field(default_factory=dict, repr=False)
+    spell: bool = False
+    """Answers tokenized one character per token (the source's `spell: true`)."""
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Source:
     path: str
     format_prompt: str | None = None
     ratio: float = 1.0
+    spell: bool = False
 
 
 def read_sources(path: str | Path) -> list[Source]:
@@ -84,10 +92,10 @@ def read_sources(path: str | Path) -> list[Source]:
         for i, s in enumerate(spec["sources"]):
             if not isinstance(s, dict) or not isinstance(s.get("path", ""), str):
                 raise DataError(f"{p}: source {i}: write a mapping with a string 'path' (and name, format_prompt, "
-                                f"ratio), got {s!r:.80}")
-            unknown = set(s) - {"name", "path", "format_prompt", "ratio"}
+                                f"ratio, spell), got {s!r:.80}")
+            unknown = set(s) - {"name", "path", "format_prompt", "ratio", "spell"}
             if unknown or "path" not in s:
-                raise DataError(f"{p}: source {i}: keys are name, path, format_prompt, ratio "
+                raise DataError(f"{p}: source {i}: keys are name, path, format_prompt, ratio, spell "
                                 f"({'unknown: ' + ', '.join(sorted(unknown)) if unknown else 'path is missing'})")
             src_path = s["path"] if Path(s["path"]).is_absolute() else str(p.parent / s["path"])
             try:
@@ -96,7 +104,10 @@ def read_sources(path: str | Path) -> list[Source]:
                 raise DataError(f"{p}: source {s.get('name', i)}: ratio must be a number, got {s.get('ratio')!r}") from None
             if not ratio > 0 or ratio == float("inf"):
                 raise DataError(f"{p}: source {s.get('name', i)}: ratio must be > 0, got {ratio}")
-            sources.append(Source(s.get("name", Path(s["path"]).stem), src_path, s.get("format_prompt"), ratio))
+            if not isinstance(s.get("spell", False), bool):
+                raise DataError(f"{p}: source {s.get('name', i)}: spell must be true or false, got {s.get('spell')!r}")
+            sources.append(Source(s.get("name", Path(s["path"]).stem), src_path, s.get("format_prompt"), ratio,
+                                  s.get("spell", False)))
         return sources
     return [Source(Path(path_str).stem, path_str)]
 
@@ -155,7 +166,7 @@ def load_rows(data: str | Path, *, image_folder: str | Path | None = None, seed:
             if isinstance(image, str) and image.strip() and base is not None and not Path(image).is_absolute():
                 image = str(base / image)
             source_rows.append(Row(origin, rec["conversations"], image, rec.get("id"), source.name,
-                                   source.format_prompt, rec))
+                                   source.format_prompt, rec, source.spell))
         rows += _apply_ratio(source_rows, source.ratio, random.Random(f"{seed}-{source.name}"))
     return rows
 

@@ -544,19 +544,24 @@ def synth_instruct(
     seed: int = 0,
     image_size: int = DEFAULT_IMAGE_SIZE,
     mix: dict[str, float] | None = None,
+    spell: tuple[str, ...] = (),
     workers: int = 1,
     progress: Progress = None,
 ) -> Path:
     """Write `n` instruction rows (LLaVA stage 2) as per-source files, `data.json` and `mixture.yaml`.
 
     `mix` sets the share of each source (default `INSTRUCT_SOURCES`: conversation 0.3, vqa 0.35,
-    mc 0.2, text 0.15, street_vqa 0); a source left out of `mix` gets no rows. Returns the path of
-    `mixture.yaml`.
+    mc 0.2, text 0.15, street_vqa 0); a source left out of `mix` gets no rows. `spell`: sources written
+    `spell: true` in the mixture (answers trained a character per token, `vlx.data.formats`), e.g.
+    `("street_vqa",)`, whose answers are sign text. Returns the path of `mixture.yaml`.
 
     Example:
         >>> synth_instruct("data/stage2", 1000, seed=0)  # doctest: +SKIP
         PosixPath('data/stage2/mixture.yaml')
     """
+    unknown = set(spell) - set(INSTRUCT_SOURCES)
+    if unknown:
+        raise ValueError(f"spell: unknown instruct source(s) {sorted(unknown)}; known: {sorted(INSTRUCT_SOURCES)}")
     counts = _split_counts(n, _shares(mix, {k: v for k, (v, _) in INSTRUCT_SOURCES.items()}, "instruct"))
     _check(n, image_size, 160 if counts.get("street_vqa") else 64)
     out = _prepare(out)
@@ -567,7 +572,8 @@ def synth_instruct(
     sources = []
     for source, rows in by_source.items():
         _write_json(out / f"{source}.json", rows)
-        sources.append({"name": source, "path": f"{source}.json", "format_prompt": INSTRUCT_SOURCES[source][1], "ratio": 1.0})
+        sources.append({"name": source, "path": f"{source}.json", "format_prompt": INSTRUCT_SOURCES[source][1], "ratio": 1.0,
+                        **({"spell": True} if source in spell else {})})
     _write_json(out / "data.json", [row for rows in by_source.values() for row in rows])
     (out / "mixture.yaml").write_text(yaml.safe_dump({"sources": sources}, sort_keys=False, width=200), encoding="utf-8")
     return out / "mixture.yaml"

@@ -196,6 +196,12 @@ class Encoded:
         return 0 if self.image_span is None else self.image_span[1] - self.image_span[0]
 
 
+def encode_chars(tokenizer, text: str) -> list[int]:
+    """`text` tokenized one character per token, as a continuation (`encode_spelled` for a whole
+    answer): `tokenizer.decode(ids) == text`."""
+    return [i for char in text for i in encode_continuation(tokenizer, char)]
+
+
 def encode_spelled(tokenizer, text: str, keys: tuple[str, ...]) -> list[int]:
     """An answer tokenized as a continuation, except that the JSON string values of `keys` are
     spelled one character per token (`"name":"Golden Fox"` -> `G`, `o`, `l`, ...).
@@ -211,18 +217,18 @@ def encode_spelled(tokenizer, text: str, keys: tuple[str, ...]) -> list[int]:
     ids, pos = [], 0
     for m in pattern.finditer(text):
         ids += encode_continuation(tokenizer, text[pos:m.start(2)], split_special=True)
-        for char in text[m.start(2):m.end(2)]:
-            ids += encode_continuation(tokenizer, char)
+        ids += encode_chars(tokenizer, text[m.start(2):m.end(2)])
         pos = m.end(2)
     return ids + (encode_continuation(tokenizer, text[pos:], split_special=True) if pos < len(text) else [])
 
 
 def encode(tokenizer, segments: list[Segment], *, image_token_id: int, num_image_tokens: int,
-           spell: tuple[str, ...] = ()) -> Encoded:
+           spell: tuple[str, ...] = (), spell_answers: bool = False) -> Encoded:
     """Tokenize segments: prompts as whole strings, answers as continuations; expand `<image>`.
 
     Labels are the input ids on supervised segments and `IGNORE_INDEX` elsewhere. `spell`: JSON keys
-    whose string values in answers are tokenized one character per token (`encode_spelled`).
+    whose string values in answers are tokenized one character per token (`encode_spelled`);
+    `spell_answers`: every answer is (`encode_chars`; a mixture source's `spell: true`).
     """
     input_ids: list[int] = list(_special_prefix(tokenizer))
     labels: list[int] = [IGNORE_INDEX] * len(input_ids)
@@ -232,8 +238,12 @@ def encode(tokenizer, segments: list[Segment], *, image_token_id: int, num_image
             tail = next((t for t in sorted(tokenizer.all_special_tokens, key=len, reverse=True)
                          if seg.text.endswith(t)), "")
             body = seg.text[: len(seg.text) - len(tail)]
-            ids = encode_spelled(tokenizer, body, spell) if spell else encode_continuation(tokenizer, body,
-                                                                                            split_special=True)
+            if spell_answers:
+                ids = encode_chars(tokenizer, body)
+            elif spell:
+                ids = encode_spelled(tokenizer, body, spell)
+            else:
+                ids = encode_continuation(tokenizer, body, split_special=True)
             ids += encode_continuation(tokenizer, tail) if tail else []
         elif i > 0:
             ids = encode_continuation(tokenizer, seg.text)
