@@ -306,3 +306,25 @@ def test_vqa_answers_are_learnable_from_pixels(tmp_path):
         majority = Counter(a for _, a in train).most_common(1)[0][0]
         baseline = np.mean([a == majority for _, a in test])
         assert accuracy > baseline + 0.3, (task, accuracy, baseline)
+
+
+def test_train_split_shares_leave_validation_and_test_as_the_world_draws_them(tmp_path):
+    """`train_shops` and `train_numbered` redraw the train split only: the scored splits are the world's."""
+    world = synth_poi(tmp_path / "world", 40, seed=3, image_size=224, splits=(0.5, 0.0, 0.5))
+    skewed = synth_poi(tmp_path / "skewed", 40, seed=3, image_size=224, splits=(0.5, 0.0, 0.5),
+                       train_shops=(0.0, 0.0, 1.0), train_numbered=0.1)
+    assert world["test"].read_text() == skewed["test"].read_text()
+    for row in map(json.loads, world["test"].read_text().splitlines()):
+        assert (tmp_path / "world" / row["image"]).read_bytes() == (tmp_path / "skewed" / row["image"]).read_bytes()
+
+    def shares(path):
+        pois = [p for row in map(json.loads, path.read_text().splitlines()) for p in row["target"]["pois"]]
+        counts = Counter(len(json.loads(line)["target"]["pois"]) for line in path.read_text().splitlines())
+        return counts, sum(p["address"]["house_number"] is not None for p in pois) / len(pois)
+
+    counts, numbered = shares(skewed["train"])
+    assert counts == {2: 20} and numbered < 0.3
+    counts, numbered = shares(world["train"])
+    assert counts[1] > counts[2] and numbered > 0.6
+    with pytest.raises(ValueError, match="train_numbered 1.5"):
+        synth_poi(tmp_path / "bad", 4, image_size=224, train_numbered=1.5)

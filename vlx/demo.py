@@ -62,6 +62,9 @@ class DemoConfig:
     train_shops: tuple[float, float, float] | None = None
     """Shares of train-split facades with 0, 1 and 2 storefronts (`synth_poi` `train_shops`; None: the
     world's own). Validation and test always keep the world's."""
+    train_numbered: float | None = None
+    """Share of train-split storefronts with a house-number plate (`synth_poi` `train_numbered`; None: the
+    world's 0.85). Validation and test always keep the world's."""
     stage1: dict = field(default_factory=dict)
     """`TrainConfig` overrides of the preset's stage-1 values."""
     stage2: dict = field(default_factory=dict)
@@ -180,7 +183,7 @@ def make_data(cfg: DemoConfig, data: Path, progress=None, seed: int = 0) -> dict
     for name, (kind, n, seed) in zip(names, jobs):
         tick = progress(f"synth {name}", image_count(kind, n, cfg.instruct_mix if kind == "instruct" else None)) \
             if progress else None
-        extra = {"poi": {"splits": cfg.poi_splits, "train_shops": cfg.train_shops}, "captions": {"mix": cfg.caption_mix},
+        extra = {"poi": {"splits": cfg.poi_splits, "train_shops": cfg.train_shops, "train_numbered": cfg.train_numbered}, "captions": {"mix": cfg.caption_mix},
                  "instruct": {"mix": cfg.instruct_mix, "spell": tuple(cfg.spell_instruct)}}.get(kind, {})
         result = synth(kind, data / name, n, seed=seed, image_size=cfg.image_size, workers=cfg.workers, progress=tick,
                        **extra)

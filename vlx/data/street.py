@@ -309,8 +309,9 @@ class Business:
         }
 
 
-def _sample_business(rng: np.random.Generator, name_width: int) -> tuple[Business, list[str]]:
-    """A business whose name wraps into at most two lines of `name_width` cells, and those lines."""
+def _sample_business(rng: np.random.Generator, name_width: int, numbered: float) -> tuple[Business, list[str]]:
+    """A business whose name wraps into at most two lines of `name_width` cells, and those lines;
+    `numbered`: the probability that it has a house-number plate."""
     category = str(_choice(rng, list(CATEGORIES)))
     for _ in range(40):
         name = _business_name(rng, category)
@@ -323,7 +324,7 @@ def _sample_business(rng: np.random.Generator, name_width: int) -> tuple[Busines
     open_24h = category in ("pharmacy", "grocery", "bar") and rng.random() < 0.25
     hours = [] if open_24h or rng.random() < 0.15 else _hours(rng, category)
     number = f"{int(rng.integers(1, 400 if rng.random() < 0.8 else 3000))}{_choice(rng, 'abc') if rng.random() < 0.12 else ''}"
-    b = Business(category=category, name=name, house_number=number if rng.random() < 0.85 else None,
+    b = Business(category=category, name=name, house_number=number if rng.random() < numbered else None,
                  phone=_phone(rng) if rng.random() < 0.7 else None,
                  website=_website(name, rng) if rng.random() < 0.4 else None, hours=hours, open_24h=open_24h)
     return b, lines
@@ -419,13 +420,17 @@ def _street_name(rng: np.random.Generator) -> str:
 
 SHOP_COUNTS = (0.1, 0.7, 0.2)
 """The street world's shares of facades with no, one and two storefronts."""
+NUMBERED = 0.85
+"""The street world's share of storefronts with a house-number plate."""
 
 
 def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextStyle, ...] = (TextStyle(),),
-                 shops: tuple[float, float, float] = SHOP_COUNTS) -> tuple[Image.Image, list[dict], np.ndarray]:
+                 shops: tuple[float, float, float] = SHOP_COUNTS, numbered: float = NUMBERED
+                 ) -> tuple[Image.Image, list[dict], np.ndarray]:
     """Render a street scene -> (image, the `POI` dicts visible in it left to right, labels).
 
-    `shops` are the probabilities of a facade with 0, 1 and 2 storefronts (the world's own by default).
+    `shops` are the probabilities of a facade with 0, 1 and 2 storefronts (the world's own by default);
+    `numbered` the probability that a storefront has a house-number plate (the world's `NUMBERED`).
 
     `labels` is a uint8 array (3, GRID, GRID): glyph id, field id and shop category id + 1 per cell
     (`LABELS`); cells are `size / GRID` pixels, so at 224 px each is one 14 px patch of the tower.
@@ -441,14 +446,14 @@ def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextSt
         _residential(g, style)
     elif n == 1:
         c0, c1 = (0, GRID) if rng.random() < 0.5 else (int(rng.integers(0, 2)), GRID - int(rng.integers(0, 2)))
-        b, lines = _sample_business(rng, c1 - c0 - 2)
+        b, lines = _sample_business(rng, c1 - c0 - 2, numbered)
         _storefront(g, b, lines, c0, c1, style, full=True)
         businesses.append(b)
     else:
         half = GRID // 2
         for c0 in (0, half):
             # Names keep a cell free on each side, so two neighbours' texts never touch.
-            b, lines = _sample_business(rng, half - 2)
+            b, lines = _sample_business(rng, half - 2, numbered)
             _storefront(g, b, lines, c0, c0 + half, style, full=False)
             businesses.append(b)
         x = g.box(half, 0, half, 0)[0]
@@ -467,10 +472,10 @@ def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextSt
     return img, [b.target(street) for b in businesses], g.labels
 
 
-def _street_scene(rng: np.random.Generator, S: int, styles, shops: tuple[float, float, float] = SHOP_COUNTS
-                  ) -> tuple[Image.Image, list[dict]]:
+def _street_scene(rng: np.random.Generator, S: int, styles, shops: tuple[float, float, float] = SHOP_COUNTS,
+                  numbered: float = NUMBERED) -> tuple[Image.Image, list[dict]]:
     """`street_scene` without the labels: the image and its POIs (data writers)."""
-    img, pois, _ = street_scene(rng, S, tuple(styles), shops)
+    img, pois, _ = street_scene(rng, S, tuple(styles), shops, numbered)
     return img, pois
 
 

@@ -70,7 +70,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 from vlx.data.render import TextStyle, _a, _choice, _draw_text, _fit, _jitter, _join, _luma, _text_size
-from vlx.data.street import SHOP_COUNTS, _street_chat, _street_scene, _street_vqa, street_caption
+from vlx.data.street import NUMBERED, SHOP_COUNTS, _street_chat, _street_scene, _street_vqa, street_caption
 
 KINDS = ("captions", "instruct", "poi", "chat")
 DEFAULT_IMAGE_SIZE = 336
@@ -624,9 +624,11 @@ def _styles(fonts: Sequence[str | Path]) -> list[TextStyle]:
 
 
 def _poi_row(out: Path, seed: int, image_size: int, styles: list[TextStyle], n_train: int,
-             train_shops: tuple[float, float, float] | None, i: int) -> dict:
+             train_shops: tuple[float, float, float] | None, train_numbered: float | None, i: int) -> dict:
     rng = _rng(seed, "poi", i)
-    img, pois = _street_scene(rng, image_size, styles, train_shops if train_shops and i < n_train else SHOP_COUNTS)
+    train = i < n_train
+    img, pois = _street_scene(rng, image_size, styles, train_shops if train_shops and train else SHOP_COUNTS,
+                              train_numbered if train_numbered is not None and train else NUMBERED)
     name = f"images/poi_{i:06d}.png"
     _save_png(img, out / name)
     return {"image": name, "target": {"pois": pois}}
@@ -642,6 +644,7 @@ def synth_poi(
     fonts: Sequence[str | Path] = (),
     schema: str | Path | None = None,
     train_shops: tuple[float, float, float] | None = None,
+    train_numbered: float | None = None,
     workers: int = 1,
     progress: Progress = None,
 ) -> dict[str, Path]:
@@ -649,7 +652,9 @@ def synth_poi(
 
     `splits` are the train/val/test shares (val and test are rounded, train takes the rest);
     `train_shops` redraws the train split with these shares of facades with 0, 1 and 2 storefronts
-    (oversampling the harder two-shop facades); val and test always keep the world's `SHOP_COUNTS`;
+    (oversampling the harder two-shop facades) and `train_numbered` with this share of storefronts that
+    have a house-number plate (oversampling the absent ones); val and test always keep the world's
+    `SHOP_COUNTS` and `NUMBERED`;
     `fonts` adds TTF files to Pillow's built-in font (output then depends on those files);
     `schema` is the POI schema file (default `templates/poi.py`), used to validate every target.
 
@@ -665,8 +670,11 @@ def synth_poi(
     bounds = {"train": (0, n - n_val - n_test), "val": (n - n_val - n_test, n - n_test), "test": (n - n_test, n)}
     if train_shops is not None and (len(train_shops) != 3 or min(train_shops) < 0 or abs(sum(train_shops) - 1) > 1e-6):
         raise ValueError(f"train_shops {train_shops}: give three shares (no, one, two storefronts) that sum to 1")
+    if train_numbered is not None and not 0 <= train_numbered <= 1:
+        raise ValueError(f"train_numbered {train_numbered}: give the share of storefronts with a house number, 0 to 1")
     n_train = bounds["train"][1]
-    rows = _run(partial(_poi_row, out, seed, image_size, styles, n_train, train_shops), n, workers, progress)
+    rows = _run(partial(_poi_row, out, seed, image_size, styles, n_train, train_shops, train_numbered), n, workers,
+                progress)
     paths = {}
     for split, (lo, hi) in bounds.items():
         lines = []
