@@ -147,7 +147,9 @@ FULL = DemoConfig(
     lora=dict(r=64, alpha=128, dropout=0.0), chat_ratio=0.15, val_max=0, align_steps=800,
     # Each text patch also carries its field (name, number, street, hours ...), and the seam between two
     # storefronts reads as `|`: the LLM tells a name from the awning word or the hours beside it, and one
-    # shop from the next (bench/RESULTS.md: storefront counts on two-shop facades 0.46 -> 0.65).
+    # shop from the next (bench/RESULTS.md: storefront counts on two-shop facades 0.46 -> 0.65). At the word's
+    # full norm (1.0) house numbers moved by -0.01 to +0.03 over seeds 0-2 and the street plaque was read less
+    # in every seed (-0.12 to -0.27), so the marker stays at half.
     align_field_marker=0.5, align_separator=True,
     # Cells of the second storefront from the left also carry the LLM's word ` second` (read by the tower's
     # storefront head): with the 78-step fine-tune, every test facade's storefronts were counted right and
