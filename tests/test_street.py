@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlx.data.street import (FIELD_ID, FIELDS, GLYPH_ID, GLYPHS, GRID, LABELS, _hours_lines, _wrap, boundaries, read_grid,
-                             sign_sheet, street_scene)
+from vlx.data.street import (FIELD_ID, FIELDS, GLYPH_ID, GLYPHS, GRID, LABELS, boundaries, read_grid, sign_sheet,
+                             street_scene)
+from vlx.data.street_text import _hours_lines, _wrap
 
 
 def _scenes(n: int, size: int = 224):

@@ -16,12 +16,10 @@ from typer.testing import CliRunner
 
 from vlx.cli import app
 from vlx.data.formats import load_rows
+from vlx.data.shapes import POSITION_PHRASE, POSITIONS
 from vlx.data.synth import (
     MC_PROMPT,
-    POSITION_PHRASE,
-    POSITIONS,
     SHORT_ANSWER_PROMPT,
-
     image_count,
     synth,
     synth_captions,
@@ -29,7 +27,7 @@ from vlx.data.synth import (
     synth_instruct,
     synth_poi,
 )
-from vlx.data.street import _business_name
+from vlx.data.street_text import _business_name
 from vlx.data.templates import to_turns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +162,8 @@ def test_street_captions_and_vqa_say_what_the_signs_read(tmp_path):
 
 
 def test_street_vqa_answers_match_poi_targets():
-    from vlx.data.synth import TextStyle, _rng, _street_scene, _street_vqa
+    from vlx.data.street_text import _street_vqa
+    from vlx.data.synth import TextStyle, _rng, _street_scene
 
     asked = Counter()
     for i in range(30):

@@ -1,5 +1,9 @@
 """Deterministic synthetic data for tests, demos and the embedded default.
 
+The worlds live beside it: `vlx.data.shapes` (shape scenes, their captions and questions),
+`vlx.data.street` and `vlx.data.street_text` (storefronts and what is said about them) and
+`vlx.data.talk` (text-only chat); this module writes them as datasets.
+
     vlx data synth --kind captions|instruct|poi|chat --n N --out DIR [--seed S] [--image-size PX]
 
 Every sample draws from its own random generator, seeded by `(seed, kind, index)`: the same seed
@@ -58,19 +62,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageFont
 
-from vlx.data.render import TextStyle, _a, _choice, _draw_text, _fit, _jitter, _join, _luma, _text_size
-from vlx.data.street import NUMBERED, SHOP_COUNTS, _street_chat, _street_scene, _street_vqa, street_caption
+from vlx.data.render import TextStyle, _choice
+from vlx.data.shapes import (CAPTION_INSTRUCTIONS, ShapeScene, _caption, _description, _render_shape_scene,
+                             _sample_shape_scene, _shape_questions)
+from vlx.data.street import NUMBERED, SHOP_COUNTS, _street_scene
+from vlx.data.street_text import _street_chat, _street_vqa, street_caption
+from vlx.data.talk import GREETINGS, _text_conversation
 
 KINDS = ("captions", "instruct", "poi", "chat")
 DEFAULT_IMAGE_SIZE = 336
@@ -95,297 +101,6 @@ def _save_png(img: Image.Image, path: Path) -> None:
 
 def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-
-
-# ---------------------------------------------------------------------------------------------
-# Shape scenes (captions, instruct, chat)
-# ---------------------------------------------------------------------------------------------
-
-SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
-COLOURS = {
-    "red": (220, 40, 40),
-    "orange": (245, 140, 30),
-    "yellow": (240, 220, 40),
-    "green": (40, 165, 60),
-    "blue": (40, 90, 225),
-    "purple": (140, 60, 190),
-    "white": (248, 248, 248),
-    "black": (20, 20, 20),
-}
-# Cells of a 3 x 3 grid: shapes sit on the cross, words in the corners.
-POSITIONS = {"left": (0, 1), "right": (2, 1), "top": (1, 0), "bottom": (1, 2), "centre": (1, 1)}
-POSITION_PHRASE = {
-    "left": "on the left",
-    "right": "on the right",
-    "top": "at the top",
-    "bottom": "at the bottom",
-    "centre": "in the centre",
-}
-CORNERS = {"top left": (0, 0), "top right": (2, 0), "bottom left": (0, 2), "bottom right": (2, 2)}
-WORDS = (
-    "cat", "dog", "sun", "moon", "tree", "fish", "bird", "boat", "car", "rain", "snow", "lamp",
-    "book", "key", "door", "hat", "cup", "milk", "rose", "frog", "ship", "bell", "kite", "leaf",
-    "wind", "fire", "rock", "sand", "road", "cake", "ring", "coin", "drum", "nest", "owl", "bus",
-    "map", "pen", "jam", "egg", "fox", "bee", "sea", "sky", "hill", "lake", "corn", "pear",
-)
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
-CAPTION_INSTRUCTIONS = (
-    "Describe the image concisely.",
-    "Provide a brief description of the given image.",
-    "Give a short and clear explanation of the subsequent image.",
-    "Summarize the visual content of the image.",
-    "Write a terse but informative summary of the picture.",
-    "Share a concise interpretation of the image provided.",
-    "Render a clear and concise summary of the photo.",
-)
-
-
-@dataclass(frozen=True)
-class Shape:
-    shape: str
-    colour: str
-    position: str
-
-
-@dataclass
-class ShapeScene:
-    """What a shape image shows: the ground truth every caption and question is built from."""
-
-    background: tuple[int, int, int]
-    shapes: list[Shape]
-    word: str | None = None
-    word_corner: str | None = None
-    word_colour: str | None = None
-
-    def count(self, shape: str | None = None, colour: str | None = None) -> int:
-        return sum((shape is None or s.shape == shape) and (colour is None or s.colour == colour) for s in self.shapes)
-
-    def at(self, position: str) -> Shape | None:
-        return next((s for s in self.shapes if s.position == position), None)
-
-
-def _plural(shape: str) -> str:
-    return shape + "es" if shape.endswith("x") else shape + "s"
-
-
-def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
-    def ring(n: int, radius: float, phase: float) -> list[tuple[float, float]]:
-        return [(cx + radius * math.cos(phase + 2 * math.pi * k / n), cy + radius * math.sin(phase + 2 * math.pi * k / n)) for k in range(n)]
-
-    if shape == "square":
-        return [(cx - r * 0.8, cy - r * 0.8), (cx + r * 0.8, cy - r * 0.8), (cx + r * 0.8, cy + r * 0.8), (cx - r * 0.8, cy + r * 0.8)]
-    if shape == "triangle":
-        return ring(3, r, -math.pi / 2)
-    if shape == "diamond":
-        return [(cx, cy - r), (cx + r * 0.7, cy), (cx, cy + r), (cx - r * 0.7, cy)]
-    if shape == "hexagon":
-        return ring(6, r * 0.95, 0.0)
-    if shape == "star":
-        outer, inner = ring(5, r, -math.pi / 2), ring(5, r * 0.42, -math.pi / 2 + math.pi / 5)
-        return [p for pair in zip(outer, inner) for p in pair]
-    raise ValueError(shape)
-
-
-def _sample_shape_scene(rng: np.random.Generator) -> ShapeScene:
-    grey = int(rng.integers(95, 175))
-    background = _jitter(rng, (grey, grey, grey), 14)
-    n = int(rng.choice([1, 2, 3, 4, 5], p=[0.2, 0.3, 0.25, 0.15, 0.1]))
-    positions = [str(p) for p in rng.permutation(list(POSITIONS))[:n]]
-    shapes: list[Shape] = []
-    for pos in positions:
-        if shapes and rng.random() < 0.3:
-            # Repeat an earlier shape (same colour or not) so that counting questions are not all "1".
-            prev = _choice(rng, shapes)
-            colour = prev.colour if rng.random() < 0.6 else str(_choice(rng, list(COLOURS)))
-            shapes.append(Shape(prev.shape, colour, pos))
-        else:
-            shapes.append(Shape(str(_choice(rng, SHAPES)), str(_choice(rng, list(COLOURS))), pos))
-    scene = ShapeScene(background, shapes)
-    if rng.random() < 0.5:
-        scene.word = str(_choice(rng, WORDS))
-        scene.word_corner = str(_choice(rng, list(CORNERS)))
-        scene.word_colour = "black" if _luma(background) > 128 else "white"
-    return scene
-
-
-def _render_shape_scene(rng: np.random.Generator, scene: ShapeScene, size: int) -> Image.Image:
-    img = Image.new("RGB", (size, size), scene.background)
-    draw = ImageDraw.Draw(img)
-    cell = size / 3
-    for s in scene.shapes:
-        col, row = POSITIONS[s.position]
-        cx = (col + 0.5 + rng.uniform(-0.1, 0.1)) * cell
-        cy = (row + 0.5 + rng.uniform(-0.1, 0.1)) * cell
-        r = cell * rng.uniform(0.3, 0.42)
-        fill = _jitter(rng, COLOURS[s.colour], 12)
-        if s.shape == "circle":
-            draw.ellipse((cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9), fill=fill)
-        else:
-            draw.polygon(_shape_points(s.shape, cx, cy, r), fill=fill)
-    if scene.word:
-        col, row = CORNERS[scene.word_corner]
-        px = _fit(scene.word, cell * 0.9, cell * 0.5, TextStyle(), round(cell * 0.32), 8) or 8
-        w, h = _text_size(scene.word, px, TextStyle())
-        x = col * cell + (cell - w) / 2 + rng.uniform(-0.05, 0.05) * cell
-        y = row * cell + (cell - h) / 2 + rng.uniform(-0.05, 0.05) * cell
-        _draw_text(img, (x, y), scene.word, px, COLOURS[scene.word_colour], TextStyle())
-    return img
-
-
-def _caption(scene: ShapeScene) -> str:
-    groups: dict[tuple[str, str], list[str]] = {}
-    for s in scene.shapes:
-        groups.setdefault((s.colour, s.shape), []).append(s.position)
-    parts = []
-    for (colour, shape), where in groups.items():
-        phrases = [POSITION_PHRASE[p] for p in where]
-        if len(where) == 1:
-            parts.append(f"{_a(colour)} {shape} {phrases[0]}")
-        else:
-            parts.append(f"{NUMBER_WORDS[len(where)]} {colour} {_plural(shape)} {_join(phrases)}")
-    text = _join(parts)
-    text = text[0].upper() + text[1:]
-    if scene.word:
-        text += f', and the word "{scene.word}" in the {scene.word_corner} corner'
-    return text + "."
-
-
-def _description(scene: ShapeScene) -> str:
-    n = len(scene.shapes)
-    first = f"The image shows {NUMBER_WORDS[n]} shape{'s' if n > 1 else ''} on a grey background: "
-    body = _caption(scene)
-    return first + body[0].lower() + body[1:]
-
-
-@dataclass(frozen=True)
-class Question:
-    kind: str
-    text: str
-    answer: str
-    options: tuple[str, ...]
-    """Every answer this kind of question can have: the distractor pool for multiple choice."""
-    sentence: str
-    """The answer as a full sentence, for conversations."""
-
-
-def _shape_questions(rng: np.random.Generator, scene: ShapeScene) -> list[Question]:
-    """Questions answerable from the image alone."""
-    qs: list[Question] = []
-    colours, shapes_ = tuple(COLOURS), tuple(SHAPES)
-    for s in scene.shapes:
-        phrase = POSITION_PHRASE[s.position]
-        said = f"The {s.shape} {phrase} is {s.colour}."
-        qs.append(Question("colour_at", f"What colour is the shape {phrase}?", s.colour, colours, said))
-        qs.append(Question("shape_at", f"What shape is {phrase}?", s.shape, shapes_, f"There is {_a(s.colour)} {s.shape} {phrase}."))
-        if scene.count(shape=s.shape) == 1:
-            qs.append(Question("colour_of", f"What colour is the {s.shape}?", s.colour, colours, f"The {s.shape} is {s.colour}."))
-        if scene.count(shape=s.shape, colour=s.colour) == 1:
-            qs.append(Question("where", f"Where is the {s.colour} {s.shape}?", s.position, tuple(POSITIONS), f"The {s.colour} {s.shape} is {phrase}."))
-    shape = str(_choice(rng, shapes_))
-    k = scene.count(shape=shape)
-    qs.append(
-        Question(
-            "count_shape",
-            f"How many {_plural(shape)} are there?",
-            str(k),
-            tuple(str(i) for i in range(6)),
-            f"There are no {_plural(shape)} in the image."
-            if k == 0
-            else f"There {'is' if k == 1 else 'are'} {NUMBER_WORDS[k]} {shape if k == 1 else _plural(shape)} in the image.",
-        )
-    )
-    k = len(scene.shapes)
-    qs.append(
-        Question(
-            "count_all",
-            "How many shapes are in the image?",
-            str(k),
-            tuple(str(i) for i in range(1, 6)),
-            f"There {'is' if k == 1 else 'are'} {NUMBER_WORDS[k]} shape{'' if k == 1 else 's'} in the image.",
-        )
-    )
-    if rng.random() < 0.5:
-        s = _choice(rng, scene.shapes)
-        colour, shape = s.colour, s.shape
-    else:
-        colour, shape = str(_choice(rng, colours)), str(_choice(rng, shapes_))
-    present = scene.count(shape=shape, colour=colour) > 0
-    qs.append(
-        Question(
-            "exists",
-            f"Is there {_a(colour)} {shape} in the image?",
-            "yes" if present else "no",
-            ("yes", "no"),
-            f"Yes, there is {_a(colour)} {shape} in the image." if present else f"No, there is no {colour} {shape} in the image.",
-        )
-    )
-    if scene.word:
-        qs.append(Question("word", "What word is written in the image?", scene.word, WORDS, f'The word "{scene.word}" is written in the {scene.word_corner} corner.'))
-    return qs
-
-
-# ---------------------------------------------------------------------------------------------
-# Text-only conversations (instruct `text` source and chat)
-# ---------------------------------------------------------------------------------------------
-
-CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
-    "Canada": "Ottawa", "Egypt": "Cairo", "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo",
-    "Poland": "Warsaw", "Greece": "Athens", "Portugal": "Lisbon", "Ireland": "Dublin",
-    "Austria": "Vienna", "Sweden": "Stockholm", "Finland": "Helsinki", "Chile": "Santiago",
-    "Thailand": "Bangkok", "Argentina": "Buenos Aires", "Australia": "Canberra", "India": "New Delhi",
-}
-DAYS_FULL = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-OPPOSITES = {
-    "hot": "cold", "big": "small", "fast": "slow", "up": "down", "light": "dark", "happy": "sad",
-    "early": "late", "open": "closed", "full": "empty", "old": "new", "high": "low", "wet": "dry",
-}
-COLOUR_MIX = {("blue", "yellow"): "green", ("red", "yellow"): "orange", ("red", "blue"): "purple", ("red", "white"): "pink", ("black", "white"): "grey"}
-GREETINGS = (
-    ("Hello!", "Hello! How can I help you today?"),
-    ("Hi there.", "Hi! What would you like to talk about?"),
-    ("Good morning!", "Good morning! How can I help you?"),
-    ("How are you?", "I'm doing well, thank you for asking. How can I help you today?"),
-    ("Thank you for your help.", "You're welcome! Let me know if there is anything else I can do."),
-    ("What can you do?", "I can answer questions, describe images and help you with short writing tasks."),
-    ("Can you help me?", "Of course. Tell me what you need and I will do my best to help."),
-    ("Goodbye!", "Goodbye! Have a nice day."),
-)
-
-
-def _knowledge_turn(rng: np.random.Generator) -> tuple[str, str]:
-    kind = int(rng.integers(7))
-    if kind == 0:
-        country = str(_choice(rng, list(CAPITALS)))
-        return f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}."
-    if kind == 1:
-        a, b = int(rng.integers(2, 20)), int(rng.integers(2, 20))
-        return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
-    if kind == 2:
-        a, b = int(rng.integers(2, 13)), int(rng.integers(2, 13))
-        return f"What is {a} times {b}?", f"{a} times {b} is {a * b}."
-    if kind == 3:
-        d = int(rng.integers(7))
-        return f"Which day comes after {DAYS_FULL[d]}?", f"{DAYS_FULL[(d + 1) % 7]} comes after {DAYS_FULL[d]}."
-    if kind == 4:
-        word = str(_choice(rng, list(OPPOSITES)))
-        return f"What is the opposite of {word}?", f'The opposite of "{word}" is "{OPPOSITES[word]}".'
-    if kind == 5:
-        a, b = _choice(rng, list(COLOUR_MIX))
-        return f"What colour do you get when you mix {a} and {b}?", f"Mixing {a} and {b} gives {COLOUR_MIX[(a, b)]}."
-    word = str(_choice(rng, WORDS))
-    return f'How do you spell "{word}" backwards?', f'"{word}" spelled backwards is "{word[::-1]}".'
-
-
-def _text_conversation(rng: np.random.Generator, turns: int) -> list[dict]:
-    conv = []
-    if rng.random() < 0.3:
-        q, a = _choice(rng, GREETINGS)
-        conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
-    while len(conv) < 2 * turns:
-        q, a = _knowledge_turn(rng)
-        conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
-    return conv
 
 
 # ---------------------------------------------------------------------------------------------
