@@ -188,7 +188,7 @@ def _sample_business(rng: np.random.Generator, name_width: int, numbered: float)
     else:
         name = str(_choice(rng, [p for p in PEOPLE if len(p) <= name_width]))
         lines = [name]
-    open_24h = category in ("pharmacy", "grocery", "bar") and rng.random() < 0.25
+    open_24h = category in ("pharmacy", "grocery", "bar") and rng.random() < 0.5
     hours = [] if open_24h or rng.random() < 0.15 else _hours(rng, category)
     number = f"{int(rng.integers(1, 400 if rng.random() < 0.8 else 3000))}{_choice(rng, 'abc') if rng.random() < 0.12 else ''}"
     b = Business(category=category, name=name, house_number=number if rng.random() < numbered else None,
@@ -238,8 +238,8 @@ def _storefront(g: _Grid, b: Business, name_lines: list[str], c0: int, c1: int, 
         width = w1 - w0
         if b.phone and len(b.phone) > width:
             b.phone = None
-        if b.website and len(b.website) > width:
-            b.website = None
+        if b.website and len(b.website) > width:  # the shop's shorter domain, as on its window
+            b.website = _website(b.name, rng, width)
         hours = [(line, "hours") for h in b.hours for line in _hours_lines(h)]
         if b.open_24h:
             hours = [("OPEN 24H", "hours")]
@@ -362,7 +362,7 @@ def _sheet_text(rng: np.random.Generator, field: str) -> str:
     if field == "phone":
         return _phone(rng)
     if field == "website":
-        return _website(_business_name(rng, category), rng) or "shop.com"
+        return _website(_business_name(rng, category), rng, GRID - 3) or "shop.com"
     return str(_choice(rng, _hours_lines(_hours(rng, category)[0])))
 
 

@@ -95,10 +95,25 @@ def _phone(rng: np.random.Generator) -> str:
     return f"{digits(3)} {digits(4)}"
 
 
-def _website(name: str, rng: np.random.Generator) -> str | None:
-    slug = "".join(c for c in name.lower().replace("&", "and") if c.isalnum() or c == " ").split()
-    slug = ("-" if rng.random() < 0.3 else "").join(slug)
-    return f"{slug}.{_choice(rng, ('com', 'net', 'shop', 'co', 'org', 'de', 'uk'))}" if 0 < len(slug) <= 22 else None
+def _website(name: str, rng: np.random.Generator, max_len: int = 22) -> str | None:
+    """A domain for `name` of at most `max_len` characters, or None.
+
+    Shops shorten their domains as real ones do: the whole name run together (or hyphenated), then
+    without its articles, then each of its words alone, the first form that fits with the drawn
+    top-level domain (or a two-letter one): `Nora's Bakery` -> `norasbakery.com`, or `noras.com` in a
+    13-cell window; `The Copper Kettle` -> `copperkettle.co` in 15 cells, `copper.com` in 13.
+    """
+    words = "".join(c for c in name.lower().replace("&", " and ").replace("'s", "s")
+                    if c.isalnum() or c == " ").split()
+    core = [w for w in words if w not in ("the", "and")]
+    tld = str(_choice(rng, ("com", "net", "shop", "co", "org", "de", "uk")))
+    joint = "-" if rng.random() < 0.3 else ""
+    forms = [joint.join(words), joint.join(core), *core]
+    for form in forms:
+        for suffix in (tld, "co", "de"):  # a short country domain when the chosen one is too long
+            if 0 < len(form) and len(form) + 1 + len(suffix) <= max_len:
+                return f"{form}.{suffix}"
+    return None
 
 
 def _hours(rng: np.random.Generator, category: str) -> list[dict]:
