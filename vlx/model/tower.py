@@ -54,7 +54,7 @@ from vlx.progress import Progress
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 """Bump when the data, labels or loop change: the cache key changes with it."""
 FEATURE_LAYER = -2
 """The tower layer LLaVA-1.5's projector reads (`vision_feature_layer`): the one the main heads train."""
