@@ -67,7 +67,7 @@ def test_every_cell_targets_its_glyph_field_shop_word_or_the_seam():
             break
     target, full = patch_targets(labels[None], Layout(n_chars, n_fields, separator=True))
     target, full = target.view(16, 16), full.view(16, 16)
-    glyph, field, shop, _ = labels.astype(int)
+    glyph, field, shop = labels[:3].astype(int)
     r, c = np.argwhere(field == FIELD_ID["name"])[0]
     assert glyph[r, c] == GLYPH_ID[pois[0]["name"][0]] and target[r, c] == FIELD_ID["name"] * n_chars + glyph[r, c]
     seam = [(r, c) for r in range(1, 13) for c in (7, 8)]  # two shops of 8 columns each
@@ -96,6 +96,33 @@ def test_every_cell_targets_its_glyph_field_shop_word_or_the_seam():
     r, c = np.argwhere(field == FIELD_ID["name"])[-1]  # on the right shop's sign
     assert front[r, c] == 1 and content[r, c] == glyph[r, c] and fld[r, c] == FIELD_ID["name"]
     assert all(content[r, c] == n_chars + len(CATEGORY_LIST) and front[r, c] == (c == 8) for r, c in seam)
+
+
+def test_absent_markers_give_each_storefront_cell_the_state_of_what_it_goes_without(micro_tower):
+    import numpy as np
+
+    from vlx.data.street import GLYPHS, street_scene
+    from vlx.model.align import Layout, patch_targets
+
+    n_chars = 1 + len(GLYPHS)
+    layout = Layout(n_chars, 8, n_fronts=2, separator=True, n_absent=4)
+    seen = set()
+    for seed in range(300):
+        _, pois, labels = street_scene(np.random.default_rng([9, seed]), 224)
+        target, _ = patch_targets(labels[None], layout)
+        state = layout.parts(target)[3].view(16, 16).numpy()
+        front, absent = labels[3].astype(int), labels[4].astype(int)
+        want = np.where(front > 0, (front - 1) + 2 * (absent - 1), 0)
+        assert np.array_equal(state, want)
+        seen |= set(np.unique(want[front > 0]))
+    assert seen == set(range(8))  # both storefronts, with and without plate and plaque
+
+    torch.manual_seed(0)
+    model, processor = build_llava(ModelConfig(preset="tiny", vision=micro_tower))
+    stats = align_projector(model, processor, steps=40, images=8, batch_patches=256, storefront_marker=1.0,
+                            absent_marker=1.0, progress=False)
+    assert stats["absent_marker"] == 1.0 and stats["last_loss"] < 0.5 * stats["first_loss"]
+    assert 0.0 <= stats["held_out_absent_accuracy"] <= 1.0 and 0.0 <= stats["held_out_storefront_accuracy"] <= 1.0
 
 
 def test_glyph_tokens_are_single_characters():

@@ -15,6 +15,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
 from vlx.config import ModelConfig
+from vlx.data import street
 from vlx.model import build, smol, tiny, tower
 from vlx.model.build import ModelLoadError, build_llava
 
@@ -307,11 +309,36 @@ def test_pretrain_resumes_where_it_was_killed(tmp_path, monkeypatch):
                        progress=False)
 
 
+def test_the_absent_head_is_trained_only_when_asked_and_old_checkpoints_resume(tmp_path):
+    cfg = tower.TowerConfig(**MICRO)
+    assert cfg.absent_weight > 0  # the default: the shipped tower has the head
+    metrics = tower.pretrain(cfg, tmp_path / "a", work=tmp_path / "wa", progress=False)
+    heads = load_file(str(tmp_path / "a" / tower.HEADS_FILE))
+    assert heads["absent.weight"].shape == (street.ABSENT_CLASSES, 32)
+    assert 0 <= metrics["absent_plate"] <= 1 and 0 <= metrics["absent_plaque"] <= 1
+    plain = tower.TowerConfig(**{**MICRO, "absent_weight": 0.0})
+    assert cfg.digest() != plain.digest()
+    tower.pretrain(plain, tmp_path / "b", work=tmp_path / "wb", progress=False)
+    assert not any(k.startswith("absent") for k in load_file(str(tmp_path / "b" / tower.HEADS_FILE)))
+    # A checkpoint written before the field existed records no `absent_weight`: a tower without the head.
+    ckpt = tmp_path / "wb" / tower.CHECKPOINT
+    state = torch.load(ckpt, weights_only=True)
+    del state["config"]["absent_weight"]
+    torch.save(state, ckpt)
+    tower.pretrain(plain, tmp_path / "c", work=tmp_path / "wb", progress=False)
+    with pytest.raises(ValueError, match="another tower configuration"):
+        tower.pretrain(cfg, tmp_path / "d", work=tmp_path / "wb", progress=False)
+
+
 def test_scoring_reads_a_perfect_and_a_blank_prediction():
     _, labels, _ = tower.draw_batch(tower.TowerConfig(), 1, 0, 12, sheets=False)
     perfect = tower.score(labels, labels)
     assert perfect["char_accuracy"] == 1.0 and perfect["false_glyphs"] == 0.0 and perfect["shop_category"] == 1.0
     assert all(v == 1.0 for k, v in perfect.items() if k.startswith("exact_"))
+    assert perfect["absent_plate"] == perfect["absent_plaque"] == perfect["absent_plate_missing"] == 1.0
+    nothing_missing = labels.copy()
+    nothing_missing[:, 4] = np.where(labels[:, 4] > 0, 1, 0)  # every storefront read as having plate and plaque
+    assert tower.score(nothing_missing, labels)["absent_plate_missing"] == 0.0
     blank = tower.score(labels * 0, labels)
     assert blank["char_accuracy"] == 0.0 and blank["exact_name"] == 0.0
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlx.data.street import (FIELD_ID, FIELDS, GLYPH_ID, GLYPHS, GRID, LABELS, boundaries, read_grid, sign_sheet,
-                             street_scene)
+from vlx.data.street import (ABSENT_CLASSES, FIELD_ID, FIELDS, GLYPH_ID, GLYPHS, GRID, LABELS, boundaries, read_grid,
+                             sign_sheet, street_scene)
 from vlx.data.street_text import _hours_lines, _wrap
 
 
@@ -60,6 +60,19 @@ def test_storefront_plane_numbers_the_shops_left_to_right_and_marks_their_seam()
             assert not seam.any()
         kinds.add(len(pois))
     assert kinds == {0, 1, 2}
+
+
+def test_absent_plane_says_which_storefront_goes_without_a_plate_and_the_facade_without_a_plaque():
+    kinds = set()
+    for img, pois, labels in _scenes(80):
+        storefront, absent = labels[3], labels[4]
+        assert np.array_equal(absent > 0, storefront > 0) and absent.max() < ABSENT_CLASSES
+        for k, poi in enumerate(pois):
+            values = set(np.unique(absent[storefront == k + 1]))
+            want = 1 + (poi["address"]["house_number"] is None) + 2 * (poi["address"]["street"] is None)
+            assert values == {want}, (k, poi, values)
+            kinds.add(want)
+    assert kinds == {1, 2, 3, 4}
 
 
 def test_glyphs_sit_inside_their_cells():

@@ -393,6 +393,8 @@ def pretrain_tower_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and of the synthetic batches.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     precision: Annotated[str, typer.Option(help="auto (bf16 where the CPU/GPU has it), bf16 or fp32.")] = "auto",
+    absent_weight: Annotated[float, typer.Option(help="Weight of the head that tells a storefront's cells that it has no "
+                                                      "house-number plate or street plaque (0: no such head).")] = 0.5,
 ):
     """Pre-train the smol preset's vision tower to read street scenes (dense per-patch labels); resumable.
 
@@ -407,7 +409,8 @@ def pretrain_tower_cmd(
     if out.exists() and any(out.iterdir()):
         fail(f"--out {out} exists and is not empty; give a new directory (the tower is written there when whole)")
     try:
-        cfg = TowerConfig(steps=steps, seed=seed, batch_size=batch_size, precision=precision)
+        cfg = TowerConfig(steps=steps, seed=seed, batch_size=batch_size, precision=precision,
+                          absent_weight=absent_weight)
     except ValueError as e:
         fail(str(e))
     from vlx.run import atomic_dir

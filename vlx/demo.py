@@ -92,6 +92,9 @@ class DemoConfig:
     """Storefront ordinals on every storefront cell (`align_projector` `storefront_marker`; 0: none)."""
     align_separator: bool = False
     """Align the seam between two storefronts to `|` (`align_projector` `separator`)."""
+    align_absent_marker: float = 0.0
+    """What a storefront goes without (plate, plaque) on every one of its cells (`align_projector`
+    `absent_marker`; 0: none). Needs a tower trained with its absent head (`TowerConfig.absent_weight`)."""
     prompt_style: str = "cue"
     """The fine-tune's derived format prompt (`FinetuneDataConfig.prompt_style`)."""
     spell_fields: tuple[str, ...] = ()
@@ -212,7 +215,7 @@ def align(cfg: DemoConfig, out: Path, vision: str | None = None, seed: int = 0) 
     model, processor = build_llava(ModelConfig(preset=cfg.preset, vision=vision))
     stats = align_projector(model, processor, steps=cfg.align_steps, field_marker=cfg.align_field_marker,
                             shop_marker=cfg.align_shop_marker, storefront_marker=cfg.align_storefront_marker,
-                            separator=cfg.align_separator, seed=seed)
+                            separator=cfg.align_separator, absent_marker=cfg.align_absent_marker, seed=seed)
     path = save_projector(model, out / "align" / "projector.safetensors")
     (out / "align" / "stats.json").write_text(json.dumps(stats) + "\n")
     return path

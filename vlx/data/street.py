@@ -1,6 +1,6 @@
 """The street world: storefronts whose signs a small vision tower can read, with per-patch labels.
 
-    img, pois, labels = street_scene(rng, 224)      # labels: (4, 16, 16) glyph, field, shop, storefront ids
+    img, pois, labels = street_scene(rng, 224)      # labels: (5, 16, 16) glyph, field, shop, storefront, absent ids
 
 Scenes are laid out on the tower's patch grid (`GRID` x `GRID` cells; 16 x 14 px at 224 px, the
 smol tower's input): every glyph is drawn into one cell, at least one cell tall and at most one
@@ -8,7 +8,8 @@ wide, with a small per-line jitter, in high-contrast ink on its sign, so that ea
 tower sees at most one glyph. The renderer knows where every glyph is, which gives each cell its
 labels (`LABELS`): the glyph whose centre falls in it (or none), the field its text belongs to
 (name, category word, house number, street, phone, website, hours), the category of the
-storefront it lies on and which storefront that is. `vlx.model.tower` pre-trains the smol tower on these dense labels, and
+storefront it lies on, which storefront that is, and which of the house-number plate and the street
+plaque that storefront goes without (what no cell of the sign shows). `vlx.model.tower` pre-trains the smol tower on these dense labels, and
 `read_grid` turns a grid of labels (ground truth or the tower's predictions) back into text, the
 tower's own transcript.
 
@@ -40,7 +41,10 @@ GLYPHS = string.ascii_uppercase + string.ascii_lowercase + string.digits + "&'-.
 """Glyph classes 1..len(GLYPHS); 0 is a cell without a glyph (spaces included)."""
 FIELDS = ("name", "category", "house_number", "street", "phone", "website", "hours")
 """Field classes 1..len(FIELDS); 0 is a cell outside any field's text."""
-LABELS = ("glyph", "field", "shop", "storefront")
+LABELS = ("glyph", "field", "shop", "storefront", "absent")
+ABSENT_CLASSES = 5
+"""Values of the `absent` plane: 0 off any storefront; on a storefront's cells 1 + (it has no
+house-number plate) + 2 * (the facade has no street plaque)."""
 """The per-cell label planes of a scene: glyph id, field id, category id + 1 of the shop, and which
 storefront the cell lies on (1 the leftmost, 2 the next; 0 none)."""
 MAX_STOREFRONTS = 2
@@ -231,6 +235,7 @@ def _storefront(g: _Grid, b: Business, name_lines: list[str], c0: int, c1: int, 
         start = int(np.clip(d0 + (2 - n) // 2 if door_left else d0 + 2 - n, lo, hi))
         g.fill(start, 4, start + n, 5, plate)
         g.text(start, 4, b.house_number, "house_number", plate_ink, style)
+    g.labels[4, 1:13, c0:c1] = 1 + (b.house_number is None)
     w0, w1 = (c0 + 3, c1) if door_left else (c0, c1 - 3)
     g.fill(w0, 5, w1, 13, _jitter(rng, GLASS, 12), outline=(230, 230, 225))
     lines: list[tuple[str, str]] = []
@@ -299,8 +304,8 @@ def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextSt
     `shops` are the probabilities of a facade with 0, 1 and 2 storefronts (the world's own by default);
     `numbered` the probability that a storefront has a house-number plate (the world's `NUMBERED`).
 
-    `labels` is a uint8 array (3, GRID, GRID): glyph id, field id and shop category id + 1 per cell
-    (`LABELS`); cells are `size / GRID` pixels, so at 224 px each is one 14 px patch of the tower.
+    `labels` is a uint8 array (len(LABELS), GRID, GRID): per cell the glyph id, field id, shop category
+    id + 1, storefront from the left and `ABSENT_CLASSES` value (`LABELS`); cells are `size / GRID` pixels, so at 224 px each is one 14 px patch of the tower.
     """
     if size % GRID:
         raise ValueError(f"image size {size} is not a multiple of the {GRID}-cell grid; use e.g. 224 or 336")
@@ -331,6 +336,8 @@ def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextSt
         c = int(rng.integers(0, GRID - len(street) + 1))
         g.fill(c, 0, c + len(street), 1, (30, 70, 150), outline=(240, 240, 240))
         g.text(c, 0, street, "street", (245, 245, 245), style)
+    else:
+        g.labels[4][g.labels[4] > 0] += 2  # every storefront goes without a plaque
     g.fill(0, 13, GRID, GRID, _jitter(rng, (175, 172, 165), 12))
     g.draw.line((0, 13 * g.cell, size, 13 * g.cell), fill=(110, 110, 110), width=max(1, size // 150))
     img = _lighting(g.img, rng)

@@ -9,7 +9,8 @@ belongs to (name, category word, house number, street, phone, website, hours), t
 the storefront it lies on and which storefront from the left that is (first, second). The last
 one is what the tower's features otherwise lose: trained on the first three alone, a probe on its
 features told the left storefront of two from the right in 60-72% of cells, so nothing the LLM
-received said which sign line belongs to which shop. Four linear heads classify every patch token of the layer LLaVA-1.5's
+received said which sign line belongs to which shop. A fifth label (`TowerConfig.absent_weight`) says what the storefront goes without, a house-number plate or the street plaque, on every one of
+its cells: the one thing about a sign that no cell of it shows. Linear heads classify every patch token of the layer LLaVA-1.5's
 projector reads (`FEATURE_LAYER`, the second-to-last) into those labels, and a second set of heads
 does the same on the last layer, so that no layer of the saved tower is left untrained. Reading then
 is per-patch classification, which a small ViT learns in minutes; contrastive and captioning
@@ -48,7 +49,8 @@ from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, get_cosine_schedule_with_warmup
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from vlx.data.street import CATEGORY_LIST, FIELDS, GLYPHS, GRID, MAX_STOREFRONTS, read_grid, sign_sheet, street_scene
+from vlx.data.street import (ABSENT_CLASSES, CATEGORY_LIST, FIELDS, GLYPHS, GRID, MAX_STOREFRONTS, read_grid, sign_sheet,
+                              street_scene)
 from vlx.device import device as pick_device, resolve_precision
 from vlx.progress import Progress
 
@@ -88,6 +90,12 @@ class TowerConfig:
     shop_weight: float = 0.5
     storefront_weight: float = 0.5
     """Weight of the head that tells a storefront's cells which one from the left it is."""
+    absent_weight: float = 0.5
+    """Weight of the head that tells a storefront's cells what it goes without: a house-number plate,
+    the street plaque (`street.ABSENT_CLASSES`); 0: no such head. A plate that is not there leaves no
+    cell of its own: a linear probe on the features of a tower trained without this head found
+    plate-less storefronts in 2% of their cells, so only a trained head puts "no plate" where the
+    projector can hand it to the LLM."""
     last_layer_weight: float = 0.5
     """Weight of the heads on the last layer (LLaVA does not read it; they keep it trained)."""
     precision: str = "auto"
@@ -109,6 +117,8 @@ class TowerConfig:
 
     def digest(self) -> str:
         keep = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("save_every", "n_eval")}
+        if not self.absent_weight:  # towers without the head keep the cache keys they had before it existed
+            del keep["absent_weight"]
         blob = json.dumps({"format": FORMAT_VERSION, **keep}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -127,19 +137,22 @@ def image_processor(cfg: TowerConfig) -> CLIPImageProcessor:
 
 class Heads(nn.Module):
     """Per-patch classifiers: glyph (len(GLYPHS) + 1), field (len(FIELDS) + 1), shop (categories + 1),
-    storefront (MAX_STOREFRONTS + 1: none, first from the left, second)."""
+    storefront (MAX_STOREFRONTS + 1: none, first from the left, second) and, with `absent`, what the
+    storefront goes without (`ABSENT_CLASSES`)."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, absent: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(hidden)
         self.glyph = nn.Linear(hidden, len(GLYPHS) + 1)
         self.field = nn.Linear(hidden, len(FIELDS) + 1)
         self.shop = nn.Linear(hidden, len(CATEGORY_LIST) + 1)
         self.storefront = nn.Linear(hidden, MAX_STOREFRONTS + 1)
+        self.absent = nn.Linear(hidden, ABSENT_CLASSES) if absent else None
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.norm(tokens)  # (B, GRID*GRID, hidden), CLS dropped
-        return self.glyph(x), self.field(x), self.shop(x), self.storefront(x)
+        out = (self.glyph(x), self.field(x), self.shop(x), self.storefront(x))
+        return out + (self.absent(x),) if self.absent is not None else out
 
 
 class ReadingTower(nn.Module):
@@ -149,8 +162,8 @@ class ReadingTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vision = CLIPVisionModel(vision_config(cfg))
-        self.heads = Heads(cfg.hidden_size)
-        self.last_heads = Heads(cfg.hidden_size)
+        self.heads = Heads(cfg.hidden_size, absent=bool(cfg.absent_weight))
+        self.last_heads = Heads(cfg.hidden_size, absent=bool(cfg.absent_weight))
 
     def forward(self, pixels: torch.Tensor):
         hidden = self.vision(pixel_values=pixels, output_hidden_states=True).hidden_states
@@ -192,17 +205,20 @@ def _loss(cfg: TowerConfig, out, labels: torch.Tensor) -> tuple[torch.Tensor, di
     flat = labels.flatten(2)  # (B, len(LABELS), GRID*GRID)
     total, parts = 0.0, {}
     for name, heads, weight in (("feature", out[0], 1.0), ("last", out[1], cfg.last_layer_weight)):
-        glyph, field, shop, front = (h.float().flatten(0, 1) for h in heads)
+        glyph, field, shop, front, *absent = (h.float().flatten(0, 1) for h in heads)
         g, f, s = ce(glyph, flat[:, 0].flatten()), ce(field, flat[:, 1].flatten()), ce(shop, flat[:, 2].flatten())
         k = ce(front, flat[:, 3].flatten())
         total = total + weight * (g + cfg.field_weight * f + cfg.shop_weight * s + cfg.storefront_weight * k)
+        if absent:
+            total = total + weight * cfg.absent_weight * ce(absent[0], flat[:, 4].flatten())
         parts[f"{name}_glyph"] = round(g.item(), 4)
     return total, parts
 
 
 @torch.no_grad()
 def predict(vision: CLIPVisionModel, heads: Heads, pixels: torch.Tensor, batch: int = 32) -> np.ndarray:
-    """-> (B, 4, GRID, GRID) predicted glyph, field, shop and storefront ids from the feature layer."""
+    """-> (B, 4, GRID, GRID) predicted glyph, field, shop and storefront ids from the feature layer
+    (B, 5, ...: and the absent plane's value, for heads that have it)."""
     out = []
     for i in range(0, len(pixels), batch):
         hidden = vision(pixel_values=pixels[i:i + batch], output_hidden_states=True).hidden_states[FEATURE_LAYER][:, 1:]
@@ -221,7 +237,10 @@ def score(predicted: np.ndarray, labels: np.ndarray) -> dict:
     - `shop_category`: storefronts whose cells' majority predicted category is theirs;
     - `storefront_cells`: cells on a storefront told which one from the left it is (`storefront_two`:
       the same on facades with two);
-    - `false_glyphs`: cells without a glyph where the tower saw one.
+    - `false_glyphs`: cells without a glyph where the tower saw one;
+    - with the absent head (`predicted` of 5 planes): `absent_plate` and `absent_plaque`, storefronts
+      whose cells' majority predicted value tells right whether they have a plate and a plaque
+      (`absent_plate_missing`: the same over storefronts without a plate).
     """
     glyph_gt, field_gt, shop_gt = labels[:, 0], labels[:, 1], labels[:, 2]
     has = glyph_gt > 0
@@ -256,6 +275,19 @@ def score(predicted: np.ndarray, labels: np.ndarray) -> dict:
     out["storefront_cells"] = float((predicted[:, 3] == front_gt)[on].mean())
     if two.any():
         out["storefront_two"] = float((predicted[:, 3] == front_gt)[two].mean())
+    if predicted.shape[1] > 4:
+        plate, plaque, missing = [], [], []
+        for p, y, front in zip(predicted[:, 4], labels[:, 4], front_gt):
+            for k in np.unique(front[front > 0]):
+                want = int(y[front == k][0]) - 1
+                got = int(np.bincount(p[front == k], minlength=ABSENT_CLASSES)[1:].argmax())
+                plate.append(got % 2 == want % 2)
+                plaque.append(got // 2 == want // 2)
+                if want % 2:
+                    missing.append(got % 2 == 1)
+        out["absent_plate"], out["absent_plaque"] = float(np.mean(plate)), float(np.mean(plaque))
+        if missing:
+            out["absent_plate_missing"] = float(np.mean(missing))
     return {k: round(v, 4) for k, v in out.items()}
 
 
@@ -290,7 +322,11 @@ def pretrain(cfg: TowerConfig, out: str | Path, *, work: str | Path | None = Non
     ckpt = work / CHECKPOINT
     if ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=True)
-        if state.get("config") != dataclasses.asdict(cfg):
+        try:  # a checkpoint from before the absent head existed was written without one
+            same = TowerConfig(**{"absent_weight": 0.0, **state.get("config", {})}) == cfg
+        except TypeError:
+            same = False
+        if not same:
             raise ValueError(f"{ckpt} was written by another tower configuration; delete {work} to start afresh, "
                              f"or run with the configuration it records")
         model.load_state_dict(state["model"])
