@@ -267,7 +267,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 
 TOWER_ASSET = Path(__file__).resolve().parents[1] / "assets" / "smol-tower"
 """The shipped tower: `vlx pretrain-tower --out DIR --steps 1500 --seed 0` (docs/tower.md records the run)."""
-TOWER_SHA256 = "a46c4f0fb55c2e0e5814c522d6a4b1bf1d5f41b00b0a8b3079a6166aa10ed76f"
+TOWER_SHA256 = "c1feaa3bb24bfe5d565a27229eecf9000f240494645991cb2bf31b7be5fb5ebe"
 """SHA-256 of `TOWER_ASSET/model.safetensors`, checked at every load."""
 TOWER_COMMAND = "vlx pretrain-tower --out DIR --steps 1500 --seed 0"
 
