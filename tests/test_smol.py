@@ -452,7 +452,7 @@ def test_shipped_tower_reads_held_out_scenes():
     assert vision.config.image_size == cfg.image_size == 224
     recorded = json.loads((smol.TOWER_ASSET / "metrics.json").read_text())["reading"]
     assert recorded["signs_and_numbers"] >= 0.95
-    heads = tower.Heads(cfg.hidden_size)
+    heads = tower.Heads(cfg.hidden_size, absent=bool(cfg.absent_weight))
     heads.load_state_dict(load_file(str(smol.TOWER_ASSET / "heads.safetensors")))
     images, labels, _ = tower.draw_batch(cfg, 1, 0, 48, sheets=False)
     with torch.no_grad():
@@ -461,6 +461,7 @@ def test_shipped_tower_reads_held_out_scenes():
     assert now["signs_and_numbers"] >= 0.95 and now["char_accuracy"] >= 0.95
     assert abs(now["char_accuracy"] - recorded["char_accuracy"]) < 0.03
     assert now["storefront_two"] >= 0.9 and abs(now["storefront_two"] - recorded["storefront_two"]) < 0.05
+    assert now["absent_plaque"] >= 0.95 and abs(now["absent_plaque"] - recorded["absent_plaque"]) < 0.05
 
 
 @pytest.mark.slow
