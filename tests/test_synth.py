@@ -327,3 +327,20 @@ def test_train_split_shares_leave_validation_and_test_as_the_world_draws_them(tm
     assert counts[1] > counts[2] and numbered > 0.6
     with pytest.raises(ValueError, match="train_numbered 1.5"):
         synth_poi(tmp_path / "bad", 4, image_size=224, train_numbered=1.5)
+
+
+def test_train_websites_oversamples_websites_in_the_train_split_only(tmp_path):
+    """Every train-split business has a website with `train_websites=1` (single storefronts show it,
+    shortened to fit); the scored splits keep the world's `WEBSITES` share."""
+    kw = dict(seed=5, image_size=224, splits=(0.5, 0.0, 0.5), train_shops=(0.0, 1.0, 0.0))
+    world = synth_poi(tmp_path / "world", 40, **kw)
+    web = synth_poi(tmp_path / "web", 40, train_websites=1.0, **kw)
+    assert world["test"].read_text() == web["test"].read_text()
+
+    def share(path):
+        pois = [p for row in map(json.loads, path.read_text().splitlines()) for p in row["target"]["pois"]]
+        return sum(p["website"] is not None for p in pois) / len(pois)
+
+    assert share(web["train"]) == 1.0 and share(world["train"]) < 0.7
+    with pytest.raises(ValueError, match="train_websites -0.1"):
+        synth_poi(tmp_path / "bad", 4, image_size=224, train_websites=-0.1)

@@ -65,6 +65,9 @@ class DemoConfig:
     train_numbered: float | None = None
     """Share of train-split storefronts with a house-number plate (`synth_poi` `train_numbered`; None: the
     world's 0.85). Validation and test always keep the world's."""
+    train_websites: float | None = None
+    """Share of train-split businesses with a website (`synth_poi` `train_websites`; None: the world's 0.4,
+    which single storefronts show). Validation and test always keep the world's."""
     stage1: dict = field(default_factory=dict)
     """`TrainConfig` overrides of the preset's stage-1 values."""
     stage2: dict = field(default_factory=dict)
@@ -193,7 +196,8 @@ def make_data(cfg: DemoConfig, data: Path, progress=None, seed: int = 0) -> dict
     for name, (kind, n, seed) in zip(names, jobs):
         tick = progress(f"synth {name}", image_count(kind, n, cfg.instruct_mix if kind == "instruct" else None)) \
             if progress else None
-        extra = {"poi": {"splits": cfg.poi_splits, "train_shops": cfg.train_shops, "train_numbered": cfg.train_numbered}, "captions": {"mix": cfg.caption_mix},
+        extra = {"poi": {"splits": cfg.poi_splits, "train_shops": cfg.train_shops, "train_numbered": cfg.train_numbered,
+                         "train_websites": cfg.train_websites}, "captions": {"mix": cfg.caption_mix},
                  "instruct": {"mix": cfg.instruct_mix, "spell": tuple(cfg.spell_instruct)}}.get(kind, {})
         result = synth(kind, data / name, n, seed=seed, image_size=cfg.image_size, workers=cfg.workers, progress=tick,
                        **extra)

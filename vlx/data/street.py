@@ -180,9 +180,10 @@ class Business:
         }
 
 
-def _sample_business(rng: np.random.Generator, name_width: int, numbered: float) -> tuple[Business, list[str]]:
+def _sample_business(rng: np.random.Generator, name_width: int, numbered: float, websites: float
+                     ) -> tuple[Business, list[str]]:
     """A business whose name wraps into at most two lines of `name_width` cells, and those lines;
-    `numbered`: the probability that it has a house-number plate."""
+    `numbered`: the probability that it has a house-number plate, `websites` that it has a website."""
     category = str(_choice(rng, list(CATEGORIES)))
     for _ in range(40):
         name = _business_name(rng, category)
@@ -197,7 +198,7 @@ def _sample_business(rng: np.random.Generator, name_width: int, numbered: float)
     number = f"{int(rng.integers(1, 400 if rng.random() < 0.8 else 3000))}{_choice(rng, 'abc') if rng.random() < 0.12 else ''}"
     b = Business(category=category, name=name, house_number=number if rng.random() < numbered else None,
                  phone=_phone(rng) if rng.random() < 0.7 else None,
-                 website=_website(name, rng) if rng.random() < 0.4 else None, hours=hours, open_24h=open_24h)
+                 website=_website(name, rng) if rng.random() < websites else None, hours=hours, open_24h=open_24h)
     return b, lines
 
 
@@ -294,15 +295,19 @@ SHOP_COUNTS = (0.1, 0.7, 0.2)
 """The street world's shares of facades with no, one and two storefronts."""
 NUMBERED = 0.85
 """The street world's share of storefronts with a house-number plate."""
+WEBSITES = 0.4
+"""The street world's share of businesses with a website (shown on a single storefront's window, in a
+shorter form where it does not fit; two storefronts side by side have no room for one)."""
 
 
 def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextStyle, ...] = (TextStyle(),),
-                 shops: tuple[float, float, float] = SHOP_COUNTS, numbered: float = NUMBERED
-                 ) -> tuple[Image.Image, list[dict], np.ndarray]:
+                 shops: tuple[float, float, float] = SHOP_COUNTS, numbered: float = NUMBERED,
+                 websites: float = WEBSITES) -> tuple[Image.Image, list[dict], np.ndarray]:
     """Render a street scene -> (image, the `POI` dicts visible in it left to right, labels).
 
     `shops` are the probabilities of a facade with 0, 1 and 2 storefronts (the world's own by default);
-    `numbered` the probability that a storefront has a house-number plate (the world's `NUMBERED`).
+    `numbered` the probability that a storefront has a house-number plate (the world's `NUMBERED`),
+    `websites` that its business has a website (the world's `WEBSITES`).
 
     `labels` is a uint8 array (len(LABELS), GRID, GRID): per cell the glyph id, field id, shop category
     id + 1, storefront from the left and `ABSENT_CLASSES` value (`LABELS`); cells are `size / GRID` pixels, so at 224 px each is one 14 px patch of the tower.
@@ -318,14 +323,14 @@ def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextSt
         _residential(g, style)
     elif n == 1:
         c0, c1 = (0, GRID) if rng.random() < 0.5 else (int(rng.integers(0, 2)), GRID - int(rng.integers(0, 2)))
-        b, lines = _sample_business(rng, c1 - c0 - 2, numbered)
+        b, lines = _sample_business(rng, c1 - c0 - 2, numbered, websites)
         _storefront(g, b, lines, c0, c1, style, full=True)
         businesses.append(b)
     else:
         half = GRID // 2
         for c0 in (0, half):
             # Names keep a cell free on each side, so two neighbours' texts never touch.
-            b, lines = _sample_business(rng, half - 2, numbered)
+            b, lines = _sample_business(rng, half - 2, numbered, websites)
             _storefront(g, b, lines, c0, c0 + half, style, full=False)
             businesses.append(b)
         x = g.box(half, 0, half, 0)[0]
@@ -347,9 +352,9 @@ def street_scene(rng: np.random.Generator, size: int = 224, styles: tuple[TextSt
 
 
 def _street_scene(rng: np.random.Generator, S: int, styles, shops: tuple[float, float, float] = SHOP_COUNTS,
-                  numbered: float = NUMBERED) -> tuple[Image.Image, list[dict]]:
+                  numbered: float = NUMBERED, websites: float = WEBSITES) -> tuple[Image.Image, list[dict]]:
     """`street_scene` without the labels: the image and its POIs (data writers)."""
-    img, pois, _ = street_scene(rng, S, tuple(styles), shops, numbered)
+    img, pois, _ = street_scene(rng, S, tuple(styles), shops, numbered, websites)
     return img, pois
 
 

@@ -74,7 +74,7 @@ from PIL import Image, ImageFont
 from vlx.data.render import TextStyle, _choice
 from vlx.data.shapes import (CAPTION_INSTRUCTIONS, ShapeScene, _caption, _description, _render_shape_scene,
                              _sample_shape_scene, _shape_questions)
-from vlx.data.street import NUMBERED, SHOP_COUNTS, _street_scene
+from vlx.data.street import NUMBERED, SHOP_COUNTS, WEBSITES, _street_scene
 from vlx.data.street_text import _street_chat, _street_vqa, street_caption
 from vlx.data.talk import GREETINGS, _text_conversation
 
@@ -339,11 +339,13 @@ def _styles(fonts: Sequence[str | Path]) -> list[TextStyle]:
 
 
 def _poi_row(out: Path, seed: int, image_size: int, styles: list[TextStyle], n_train: int,
-             train_shops: tuple[float, float, float] | None, train_numbered: float | None, i: int) -> dict:
+             train_shops: tuple[float, float, float] | None, train_numbered: float | None,
+             train_websites: float | None, i: int) -> dict:
     rng = _rng(seed, "poi", i)
     train = i < n_train
     img, pois = _street_scene(rng, image_size, styles, train_shops if train_shops and train else SHOP_COUNTS,
-                              train_numbered if train_numbered is not None and train else NUMBERED)
+                              train_numbered if train_numbered is not None and train else NUMBERED,
+                              train_websites if train_websites is not None and train else WEBSITES)
     name = f"images/poi_{i:06d}.png"
     _save_png(img, out / name)
     return {"image": name, "target": {"pois": pois}}
@@ -360,6 +362,7 @@ def synth_poi(
     schema: str | Path | None = None,
     train_shops: tuple[float, float, float] | None = None,
     train_numbered: float | None = None,
+    train_websites: float | None = None,
     workers: int = 1,
     progress: Progress = None,
 ) -> dict[str, Path]:
@@ -368,8 +371,9 @@ def synth_poi(
     `splits` are the train/val/test shares (val and test are rounded, train takes the rest);
     `train_shops` redraws the train split with these shares of facades with 0, 1 and 2 storefronts
     (oversampling the harder two-shop facades) and `train_numbered` with this share of storefronts that
-    have a house-number plate (oversampling the absent ones); val and test always keep the world's
-    `SHOP_COUNTS` and `NUMBERED`;
+    have a house-number plate (oversampling the absent ones), `train_websites` with this share of businesses
+    that have a website (oversampling the rarer present ones); val and test always keep the world's
+    `SHOP_COUNTS`, `NUMBERED` and `WEBSITES`;
     `fonts` adds TTF files to Pillow's built-in font (output then depends on those files);
     `schema` is the POI schema file (default `templates/poi.py`), used to validate every target.
 
@@ -387,9 +391,11 @@ def synth_poi(
         raise ValueError(f"train_shops {train_shops}: give three shares (no, one, two storefronts) that sum to 1")
     if train_numbered is not None and not 0 <= train_numbered <= 1:
         raise ValueError(f"train_numbered {train_numbered}: give the share of storefronts with a house number, 0 to 1")
+    if train_websites is not None and not 0 <= train_websites <= 1:
+        raise ValueError(f"train_websites {train_websites}: give the share of businesses with a website, 0 to 1")
     n_train = bounds["train"][1]
-    rows = _run(partial(_poi_row, out, seed, image_size, styles, n_train, train_shops, train_numbered), n, workers,
-                progress)
+    rows = _run(partial(_poi_row, out, seed, image_size, styles, n_train, train_shops, train_numbered, train_websites),
+                n, workers, progress)
     paths = {}
     for split, (lo, hi) in bounds.items():
         lines = []
