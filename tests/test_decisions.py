@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlx.data.decisions import decision_offsets, decision_weights
+from vlx.data.decisions import decision_offsets, decision_weights, string_end_offsets
 from vlx.data.packing import supervised_loss
 from vlx.data.templates import IGNORE_INDEX, encode_spelled
 
@@ -47,6 +47,33 @@ def test_weights_land_on_the_branching_tokens(tiny, spell):
         assert piece in heavy, (piece, heavy)
     assert heavy.count('":n') == 1
     # The copied text is not: no character of a name, nor the phone digits after the first.
+    assert not any(c in heavy for c in "MilB123"), heavy
+
+
+def test_string_ends_are_the_closing_quotes_of_values_not_keys():
+    text = '{"a":"x,]","b":["pq",null],"c":{"d":""}}'
+    ends = string_end_offsets(text)
+    assert [text[i] for i in ends] == ['"', '"', '"']
+    assert text[ends[0] - 4:ends[0]] == '"x,]' and text[ends[1] - 3:ends[1]] == '"pq' and text[ends[2] - 1] == '"'
+    escaped = '{"n":"Mill \\"A\\""}'
+    assert string_end_offsets(escaped) == [len(escaped) - 2]
+    with pytest.raises(ValueError):
+        string_end_offsets('{"a":"x"')
+
+
+@pytest.mark.parametrize("spell", [(), ("name",)])
+def test_string_ends_add_the_closing_tokens_and_nothing_else(tiny, spell):
+    tok = tiny[1].tokenizer
+    ids = encode_spelled(tok, ANSWER, spell) + [tok.eos_token_id]
+    plain = decision_weights(tok, ids, ids, ANSWER, 4.0)
+    ends = decision_weights(tok, ids, ids, ANSWER, 4.0, string_ends=True)
+    assert all(e >= p for p, e in zip(plain, ends))
+    added = [k for k, (p, e) in enumerate(zip(plain, ends)) if e > p]
+    # One token per string value (two names, a phone, a day) closes it; none of them a copied character.
+    # The day's `"}` was weighted already: the `]` after it opens the next token, so it made that choice.
+    assert len(added) == 3
+    assert all('"' in tok.decode([ids[k]]) for k in added), [tok.decode([ids[k]]) for k in added]
+    heavy = "".join(tok.decode([i]) for i, w in zip(ids, ends) if w > 1)
     assert not any(c in heavy for c in "MilB123"), heavy
 
 

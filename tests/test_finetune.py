@@ -306,19 +306,24 @@ def test_decision_weight_raises_the_objective_not_the_token_losses(ft_run, colou
     import yaml
 
     root, plain, _ = ft_run
-    result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(root / "base"),
-                                 "--data", str(root / "rows.jsonl"), "--out", str(tmp_path / "weighted"),
-                                 "--chat-data", str(colour_data / "instruct.json"), "--chat-ratio", "0.5",
-                                 "--max-steps", "3", "--val-fraction", "0.25", "--decision-weight", "5"])
-    assert result.exit_code == 0, result.output + repr(result.exception)
+    for name, extra in (("weighted", []), ("ends", ["--weigh-string-ends"])):
+        result = runner.invoke(app, ["finetune", "--schema", str(POI), "--base", str(root / "base"),
+                                     "--data", str(root / "rows.jsonl"), "--out", str(tmp_path / name),
+                                     "--chat-data", str(colour_data / "instruct.json"), "--chat-ratio", "0.5",
+                                     "--max-steps", "3", "--val-fraction", "0.25", "--decision-weight", "5", *extra])
+        assert result.exit_code == 0, result.output + repr(result.exception)
     first = {}
-    for name, run in (("plain", plain), ("weighted", tmp_path / "weighted")):
+    for name, run in (("plain", plain), ("weighted", tmp_path / "weighted"), ("ends", tmp_path / "ends")):
         first[name] = next(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                            if "loss" in json.loads(line))
-    assert first["weighted"]["loss"] > 1.2 * first["plain"]["loss"], first
+    # The tokens closing the strings count 5 times as well: a larger objective again.
+    assert first["ends"]["loss"] > first["weighted"]["loss"] > 1.2 * first["plain"]["loss"], first
     for key in ("loss_extraction", "loss_chat"):
         assert first["weighted"][key] == pytest.approx(first["plain"][key], rel=1e-4), (key, first)
-    assert yaml.safe_load((tmp_path / "weighted" / "config.yaml").read_text())["data"]["decision_weight"] == 5.0
+        assert first["ends"][key] == pytest.approx(first["plain"][key], rel=1e-4), (key, first)
+    data = {name: yaml.safe_load((tmp_path / name / "config.yaml").read_text())["data"] for name in ("weighted", "ends")}
+    assert data["weighted"]["decision_weight"] == 5.0 and data["weighted"]["weigh_string_ends"] is False
+    assert data["ends"]["weigh_string_ends"] is True
 
 
 def test_decision_weight_must_be_positive(base_and_rows, tmp_path):

@@ -138,6 +138,7 @@ def finetune_cmd(
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack each micro-batch without padding (same loss and per-source losses; needs SDPA, eager or flash attention).")] = None,
     spell_fields: Annotated[Optional[str], typer.Option(help="Comma-separated JSON keys whose string values are trained one character per token (e.g. name,street).")] = None,
     decision_weight: Annotated[Optional[float], typer.Option(help="Loss weight of the answer tokens where the JSON branches (null or a value, another list item or the end); 1: plain cross-entropy.")] = None,
+    weigh_string_ends: Annotated[Optional[bool], typer.Option("--weigh-string-ends/--no-weigh-string-ends", help="Also give --decision-weight to the token closing each string value (where a copied name stops).")] = None,
     skip_invalid: Annotated[bool, typer.Option(help="Train on valid rows; write the invalid ones to rejected.jsonl.")] = False,
     min_pixels: Annotated[Optional[int], typer.Option(help="Pixel budget, lower end (Qwen2/2.5-VL: image tokens = area / 784; Qwen3-VL, Qwen3.5: area / 1024); kept in the run for eval, extract and export.")] = None,
     max_pixels: Annotated[Optional[int], typer.Option(help="Pixel budget, upper end (e.g. 401408 = 512 tokens); kept in the run for eval, extract and export.")] = None,
@@ -185,6 +186,7 @@ def finetune_cmd(
             chat_data=chat_data, chat_ratio=chat_ratio, format_prompt=format_prompt, task=task,
             prompt_style=prompt_style, skip_invalid=skip_invalid or None, packing=packing,
             min_pixels=min_pixels, max_pixels=max_pixels, decision_weight=decision_weight,
+            weigh_string_ends=weigh_string_ends,
             spell_fields=tuple(k.strip() for k in spell_fields.split(",") if k.strip()) if spell_fields else None))
         preset = _base_preset(base)
         train_cfg = merge(TrainConfig, PRESETS[preset].finetune, yaml_cfg.get("train", {}), dict(

@@ -181,6 +181,9 @@ class FinetuneDataConfig:
     value is there, whether a list goes on, true or false); 1 is plain cross-entropy. A small fine-tune
     learns to copy long before it learns when to: the demo's model wrote every street and phone as
     null at 1, and read the streets at 5 (bench/RESULTS.md)."""
+    weigh_string_ends: bool = False
+    """Give the token that closes each string value `decision_weight` as well: whether a copied name
+    stops there or runs on (into the awning's word, past the sign's first line) is a choice too."""
     prompt_style: str = "cue"
     """Derived format prompt: `cue` (one line, the task and "Answer in JSON.", as LLaVA-1.5 writes
     its format prompts) or `schema` (the task and every field spelled out, about 250 tokens for

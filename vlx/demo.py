@@ -106,6 +106,8 @@ class DemoConfig:
     """Stage-2 sources whose answers are trained a character per token (`synth_instruct` `spell`)."""
     decision_weight: float = 1.0
     """Loss weight of the answers' branching tokens (`FinetuneDataConfig.decision_weight`)."""
+    weigh_string_ends: bool = False
+    """Weight the tokens closing the answers' strings as well (`FinetuneDataConfig.weigh_string_ends`)."""
 
 
 QUICK = DemoConfig(
@@ -250,7 +252,8 @@ def tune(cfg: DemoConfig, base: Path, paths: dict[str, Path], out: Path, *, abla
                                   val_max=cfg.val_max, chat_data=str(paths["chat"]),
                                   chat_ratio=0.0 if ablation else cfg.chat_ratio,
                                   format_prompt="" if ablation else None, prompt_style=cfg.prompt_style,
-                                  spell_fields=cfg.spell_fields, decision_weight=cfg.decision_weight)
+                                  spell_fields=cfg.spell_fields, decision_weight=cfg.decision_weight,
+                                  weigh_string_ends=cfg.weigh_string_ends)
     train_cfg = merge(TrainConfig, get_preset(cfg.preset).finetune, cfg.finetune)
     return finetune(base, POI_SCHEMA, data_cfg, train_cfg, LoraConfig(**cfg.lora),
                     out / ("ablation" if ablation else "finetune"))

@@ -18,6 +18,8 @@ to copy long before it learns when: on the demo's street scenes every street and
 supervised tokens that hold one of them `weight`, and the token before when one of them opens a
 token (the choice was made where that token stopped: `":` then `null`, against `":"` then a
 string), and every other position 1. Weighting a forced token costs nothing: its loss is near 0.
+With `string_ends`, the token that closes each string value is weighted too (`string_end_offsets`):
+whether a copied name stops here or runs on is a choice as well.
 """
 
 from __future__ import annotations
@@ -33,7 +35,19 @@ def decision_offsets(text: str) -> list[int]:
     """Character offsets in a compact JSON text (`canonical_json`) at which the answer branches: the
     first character of every object member's value and list element, and the `,` or `]` after each
     list element. Raises `ValueError` on text that is not compact JSON."""
+    return _walk(text)[0]
+
+
+def string_end_offsets(text: str) -> list[int]:
+    """Offsets of the closing quotes of the string values (not the keys) in a compact JSON text: where
+    a copied text stops, the choice a reader gets wrong when it runs on into the next word on the
+    wall or stops at the end of a sign's first line. Raises `ValueError` on text that is not compact JSON."""
+    return _walk(text)[1]
+
+
+def _walk(text: str) -> tuple[list[int], list[int]]:
     offsets: list[int] = []
+    string_ends: list[int] = []
 
     def value(i: int) -> int:
         offsets.append(i)
@@ -66,7 +80,9 @@ def decision_offsets(text: str) -> list[int]:
                     raise ValueError(f"expected ',' or ']' at {i} of {text!r}")
                 i += 1
         if c == '"':
-            return string(i)
+            end = string(i)
+            string_ends.append(end - 1)
+            return end
         literal = _LITERAL.match(text, i)
         if literal is None:
             raise ValueError(f"expected a value at {i} of {text!r}")
@@ -86,7 +102,7 @@ def decision_offsets(text: str) -> list[int]:
         raise ValueError(f"truncated JSON: {text!r}") from None
     if end != len(text):
         raise ValueError(f"trailing text at {end} of {text!r}")
-    return offsets
+    return offsets, string_ends
 
 
 def token_ends(tokenizer, ids: list[int], window: int = 6) -> list[int]:
@@ -102,11 +118,13 @@ def token_ends(tokenizer, ids: list[int], window: int = 6) -> list[int]:
     return ends
 
 
-def decision_weights(tokenizer, input_ids: list[int], labels: list[int], answer: str, weight: float) -> list[float]:
+def decision_weights(tokenizer, input_ids: list[int], labels: list[int], answer: str, weight: float,
+                     string_ends: bool = False) -> list[float]:
     """Per-position loss weights of one example whose supervised tokens are `answer` (then its
     end-of-turn token): `weight` at every label position whose token holds a `decision_offsets`
-    character of `answer`, 1 elsewhere. Raises `ValueError` when the supervised tokens do not decode
-    to `answer` (the weights would land on the wrong tokens)."""
+    character of `answer` (with `string_ends`, also a `string_end_offsets` one: the token that closes a
+    string value, which alone made that choice), 1 elsewhere. Raises `ValueError` when the supervised
+    tokens do not decode to `answer` (the weights would land on the wrong tokens)."""
     positions = [t for t, label in enumerate(labels) if label != IGNORE_INDEX]
     ids = [input_ids[t] for t in positions]
     ends = token_ends(tokenizer, ids)
@@ -116,7 +134,9 @@ def decision_weights(tokenizer, input_ids: list[int], labels: list[int], answer:
     start = text.find(answer)
     if start < 0:
         raise ValueError(f"the supervised tokens decode to {text!r}, which does not hold the answer {answer!r}")
-    marks = {start + o for o in decision_offsets(answer)}
+    branches, closes = _walk(answer)
+    marks = {start + o for o in branches}
+    stops = {start + o for o in closes} if string_ends else set()
     weights = [1.0] * len(labels)
     begin = 0
     for k, (t, end) in enumerate(zip(positions, ends)):
@@ -124,8 +144,10 @@ def decision_weights(tokenizer, input_ids: list[int], labels: list[int], answer:
             weights[t] = weight
             if begin in marks and k > 0:  # the token before ended where the choice begins: it made it
                 weights[positions[k - 1]] = weight  # (`":` before `null`, against `":"` before a string)
+        if any(begin <= m < end for m in stops):
+            weights[t] = weight
         begin = end
     return weights
 
 
-__all__ = ["decision_offsets", "decision_weights", "token_ends"]
+__all__ = ["decision_offsets", "decision_weights", "string_end_offsets", "token_ends"]

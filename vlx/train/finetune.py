@@ -133,9 +133,10 @@ def _extraction_rows(report, fmt: str) -> list[Row]:
     return rows
 
 
-def weigh_decisions(examples: list, rows: list[Row], tokenizer, weight: float) -> None:
-    """Give the extraction examples' decision tokens (`vlx.data.decisions`) loss weight `weight`;
-    chat rows keep plain cross-entropy. `examples` are `rows` encoded, in order."""
+def weigh_decisions(examples: list, rows: list[Row], tokenizer, weight: float, string_ends: bool = False) -> None:
+    """Give the extraction examples' decision tokens (`vlx.data.decisions`; with `string_ends`, also the
+    tokens that close string values) loss weight `weight`; chat rows keep plain cross-entropy.
+    `examples` are `rows` encoded, in order."""
     for ex, row in zip(examples, rows, strict=True):
         if row.source != "extraction":
             continue
@@ -143,7 +144,7 @@ def weigh_decisions(examples: list, rows: list[Row], tokenizer, weight: float) -
             raise RuntimeError(f"example {ex.origin} out of step with row {row.origin}")
         answer = row.conversations[-1]["value"]
         try:
-            ex.weights = decision_weights(tokenizer, ex.input_ids, ex.labels, answer, weight)
+            ex.weights = decision_weights(tokenizer, ex.input_ids, ex.labels, answer, weight, string_ends)
         except ValueError as e:
             raise DataError(f"{row.origin}: cannot place the decision weights: {e}") from None
 
@@ -312,7 +313,7 @@ def finetune(base: str | Path, schema: str | Path, data_cfg: FinetuneDataConfig,
                         f"\n(max_length={max_length} from the base run; the format prompt is "
                         f"{len(processor.tokenizer(fmt)['input_ids'])} tokens)")
     if data_cfg.decision_weight != 1:
-        weigh_decisions(examples, rows, processor.tokenizer, data_cfg.decision_weight)
+        weigh_decisions(examples, rows, processor.tokenizer, data_cfg.decision_weight, data_cfg.weigh_string_ends)
     dataset = (VlmDataset(examples, processor) if family.inputs == "processor"
                else LlavaDataset(examples, processor.image_processor))
     log.info("%d extraction rows, %d chat rows, %d held out", len(train_rows),
